@@ -1,0 +1,272 @@
+"""The one settings tree: params.yaml -> `Settings` (validated once) -> stage functions.
+
+Every model is frozen and `extra="forbid"` (on nested models too, or a typo such as
+`train.learning_rte` would pass silently). Nothing else in autoswap reads params.yaml.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from autoswap.errors import ConfigError
+
+PARAMS_FILE = "params.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _multiple_of_16(v: int) -> int:
+    if v % 16:
+        raise ValueError(f"must be a multiple of 16, got {v}")
+    return v
+
+
+Size16 = Annotated[int, Field(ge=16, le=1024)]
+
+
+# ----------------------------------------------------------------------------- data / prepare
+class SyntheticSettings(_Section):
+    """The embedded demo data set: two rendered identities under one pose/expression/light law."""
+
+    train_per_person: int = Field(300, ge=1)
+    val_per_person: int = Field(32, ge=1)
+    max_yaw: float = Field(0.6, ge=0, le=1.2, description="radians")
+    max_pitch: float = Field(0.35, ge=0, le=1.0, description="radians")
+    max_roll: float = Field(0.25, ge=0, le=1.0, description="radians")
+    scale_jitter: float = Field(0.08, ge=0, le=0.5)
+    shift_jitter: float = Field(0.05, ge=0, le=0.3, description="fraction of the image size")
+
+
+class DataSettings(_Section):
+    source: Literal["synthetic", "folders"] = "synthetic"
+    # where the aligned faces that training reads are written
+    faces_dir: Path = Path("data/faces")
+    # the user's media for source=folders; never modified
+    dir_a: Path = Path("data/raw/a")
+    dir_b: Path = Path("data/raw/b")
+    # true: dir_a/dir_b already hold aligned face crops; false: extract faces from photos/videos
+    aligned: bool = False
+    face_size: Size16 = 128
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    min_faces: int = Field(8, ge=2, description="fewest usable faces per person")
+    # larger inputs are downscaled on load so one huge photo cannot exhaust memory
+    max_image_pixels: int = Field(40_000_000, ge=1_000_000)
+    synthetic: SyntheticSettings = SyntheticSettings()
+
+    _size = field_validator("face_size")(lambda v: _multiple_of_16(v))
+
+
+class ExtractSettings(_Section):
+    """Face detection, alignment and filtering of raw photos and videos (source=folders)."""
+
+    min_confidence: float = Field(0.9, ge=0, le=1)
+    min_face_size: int = Field(40, ge=8, description="pixels, shortest side of the detected box")
+    keep: Literal["largest", "central", "all"] = "largest"
+    every_nth_frame: int = Field(5, ge=1)
+    target_fps: float | None = Field(None, gt=0, description="overrides every_nth_frame when set")
+    detect_size: int = Field(640, ge=64, description="longest side at which frames are searched")
+    min_blur: float = Field(0.0, ge=0, description="variance of the Laplacian below which a crop is dropped")
+    dedup_hamming: int = Field(0, ge=0, le=64, description="perceptual-hash distance; 0 keeps all")
+
+
+# ----------------------------------------------------------------------------- model
+class ModelSettings(_Section):
+    input_size: Size16 = 64
+    # scales every layer width; 1.0 is the seed's 2017 deepfakes network
+    width: float = Field(1.0, gt=0, le=4)
+    encoder_filters: tuple[int, ...] = (128, 256, 512, 1024)
+    latent_dim: int = Field(1024, ge=1)
+    decoder_filters: tuple[int, ...] = (1024, 512, 256)
+
+    _size = field_validator("input_size")(lambda v: _multiple_of_16(v))
+
+    @model_validator(mode="after")
+    def _shapes(self) -> ModelSettings:
+        # encoder halves the size len(encoder_filters) times then doubles once; decoders double
+        # len(decoder_filters) times: the output must come back to input_size.
+        down = 2 ** len(self.encoder_filters)
+        if self.input_size % down:
+            raise ValueError(f"input_size {self.input_size} must be divisible by {down}")
+        if len(self.decoder_filters) + 1 != len(self.encoder_filters):
+            raise ValueError("decoder_filters needs one entry fewer than encoder_filters")
+        return self
+
+
+# ----------------------------------------------------------------------------- train
+class AugmentSettings(_Section):
+    """The seed's Keras preprocessing layers, as per-image random affine parameters."""
+
+    flip: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip")
+    zoom: float = Field(0.05, ge=0, le=0.5, description="RandomWidth/RandomHeight factor")
+    rotation: float = Field(0.03, ge=0, le=0.5, description="fraction of a full turn")
+    translation: float = Field(0.03, ge=0, le=0.5, description="fraction of the size")
+
+
+class WarpSettings(_Section):
+    grid: int = Field(5, ge=2, le=16)
+    # control points span centre +- span * size: the seed's +-40 px of a 128 px face
+    span: float = Field(40 / 128, gt=0, lt=0.5)
+    # the seed's N(0, 2.5 px) at 128 px, expressed for any face size
+    stddev: float = Field(2.5 / 128, ge=0, lt=0.2, description="fraction of the face size")
+    schedule: Literal["constant", "linear", "off_after"] = "constant"
+    off_after: int | None = Field(None, ge=0, description="step from which warp is off")
+    interpolation_order: int = Field(2, ge=1, le=3)
+
+    @model_validator(mode="after")
+    def _off(self) -> WarpSettings:
+        if self.schedule == "off_after" and self.off_after is None:
+            raise ValueError("schedule off_after needs warp.off_after (a step)")
+        return self
+
+
+class LRScheduleSettings(_Section):
+    kind: Literal["constant", "cosine", "step"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    min_ratio: float = Field(0.0, ge=0, le=1, description="cosine floor as a fraction of the rate")
+    step_every: int = Field(1000, ge=1)
+    step_gamma: float = Field(0.5, gt=0, le=1)
+
+
+class TrainSettings(_Section):
+    steps: int = Field(65_000, ge=1)
+    batch_size: int = Field(16, ge=1, description="faces per person per step, global")
+    learning_rate: float = Field(5e-5, gt=0, lt=1)
+    beta_1: float = Field(0.5, ge=0, lt=1)
+    beta_2: float = Field(0.999, ge=0, lt=1)
+    lr_schedule: LRScheduleSettings = LRScheduleSettings()
+    loss: Literal["mae"] = "mae"
+    # the seed's centre 80 of 128 -> 64
+    crop: float = Field(80 / 128, gt=0, le=1)
+    augment: AugmentSettings = AugmentSettings()
+    warp: WarpSettings = WarpSettings()
+    log_every: int = Field(50, ge=1)
+    save_every: int = Field(2500, ge=1)
+    keep_last: int = Field(3, ge=1)
+    backup_every: int = Field(10_000, ge=1)
+    preview_every: int = Field(2500, ge=1)
+    models_dir: Path = Path("models")
+    deterministic: bool = True
+    strategy: Literal["default", "mirrored", "multi_worker"] = "default"
+    mixed_precision: bool = False
+    jit_compile: bool = False
+
+    @field_validator("learning_rate", "beta_1", "beta_2", mode="before")
+    @classmethod
+    def _yaml11_float(cls, v: Any) -> Any:
+        # PyYAML follows YAML 1.1 and reads `1e-4` (no dot) as a string: accept it anyway.
+        if isinstance(v, str):
+            try:
+                return float(v)
+            except ValueError:
+                return v
+        return v
+
+    @field_validator("learning_rate")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be finite")
+        return v
+
+
+class EvaluateSettings(_Section):
+    batch_size: int = Field(32, ge=1)
+
+
+class PreviewSettings(_Section):
+    faces: int = Field(4, ge=1, le=16, description="faces per person in the grid")
+    out_dir: Path = Path("previews")
+
+
+class TrackingSettings(_Section):
+    experiment: str = Field("autoswap", min_length=1)
+
+
+# ----------------------------------------------------------------------------- root
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="forbid", frozen=True)
+
+    seed: int = Field(0, ge=0, lt=2**31)
+    data: DataSettings = DataSettings()
+    extract: ExtractSettings = ExtractSettings()
+    model: ModelSettings = ModelSettings()
+    train: TrainSettings = TrainSettings()
+    evaluate: EvaluateSettings = EvaluateSettings()
+    preview: PreviewSettings = PreviewSettings()
+    tracking: TrackingSettings = TrackingSettings()
+
+    @model_validator(mode="after")
+    def _crop_fits(self) -> Settings:
+        crop_px = self.train.crop * self.data.face_size
+        if crop_px < self.model.input_size / 2:
+            raise ValueError(
+                f"train.crop {self.train.crop} of data.face_size {self.data.face_size} is "
+                f"{crop_px:.0f} px, too small for model.input_size {self.model.input_size}"
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, *args, **kwargs):
+        # params.yaml is the only source: no environment variables, no .env files, so that a
+        # stray AUTOSWAP_* variable can never change a run behind DVC's back.
+        return (init_settings,)
+
+
+def flatten(settings: Settings) -> dict[str, Any]:
+    """`train.warp.stddev`-style keys for MLflow params."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out[prefix] = value
+
+    walk("", settings.model_dump(mode="json"))
+    return out
+
+
+def _format_error(err: dict[str, Any], path: Path) -> str:
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"{path}: unknown key '{key}': check the spelling (see README, params reference)"
+    return f"{path}: key '{key}': {err['msg']} (got {err.get('input')!r})"
+
+
+def parse(raw: Any, path: Path | str = PARAMS_FILE) -> Settings:
+    path = Path(path)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    try:
+        return Settings(**raw)
+    except ValidationError as e:
+        errors = e.errors()
+        msg = _format_error(errors[0], path)
+        if len(errors) > 1:
+            msg += f" (and {len(errors) - 1} more)"
+        raise ConfigError(msg) from None
+
+
+def load(path: Path | str = PARAMS_FILE) -> Settings:
+    """Read and validate params.yaml; raise ConfigError with a one-line message on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found; run from the project root or pass --params PATH")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{line}; fix the file") from None
+    return parse(raw, path)

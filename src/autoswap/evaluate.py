@@ -1,0 +1,87 @@
+"""DVC stage `evaluate`: how well the model rebuilds and swaps the validation faces.
+
+Per person X (a or b), with Y the other one, on the model's view of each face (centre crop,
+model.input_size):
+- recon_mae / recon_psnr / recon_ssim: X through decoder X against X (reconstruction).
+- swap_mae / swap_ssim: X through decoder Y against the ground truth counterpart (the same pose,
+  expression and light rendered as Y). Only where the data set has ground truth (synthetic).
+- identity_swap_mae / identity_swap_ssim: the "output = input" baseline for the swap, i.e. X
+  itself scored against the counterpart. A swap that learned anything beats it.
+- cycle_mae: X -> decoder Y -> encoder -> decoder X against X, a swap consistency score that
+  needs no ground truth (lower is better).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from autoswap.config import Settings
+from autoswap.errors import UserError
+
+
+def _batched(fn, x, batch: int) -> np.ndarray:
+    return np.concatenate([np.asarray(fn(x[i : i + batch])) for i in range(0, len(x), batch)])
+
+
+def _scores(pred, target) -> dict:
+    import tensorflow as tf
+
+    mae = float(np.mean(np.abs(pred - target)))
+    psnr = float(np.mean(tf.image.psnr(pred, target, max_val=1.0)))
+    ssim = float(np.mean(tf.image.ssim(tf.constant(pred), tf.constant(target), max_val=1.0)))
+    return {"mae": mae, "psnr": psnr, "ssim": ssim}
+
+
+def evaluate_faces(nets, spec, faces: dict, gts: dict, batch: int = 32) -> dict:
+    from autoswap.pipeline import center_crop
+
+    encoder, decoder_a, decoder_b = nets
+    dec = {"a": decoder_a, "b": decoder_b}
+    out = {}
+    for x, y in (("a", "b"), ("b", "a")):
+        inp = np.asarray(center_crop(spec, faces[x]))  # (N, 64, 64, 3)
+        recon = _batched(lambda v, d=dec[x]: d(encoder(v, training=False), training=False), inp, batch)
+        swap = _batched(lambda v, d=dec[y]: d(encoder(v, training=False), training=False), inp, batch)
+        cycle = _batched(lambda v, d=dec[x]: d(encoder(v, training=False), training=False), swap, batch)
+        r = _scores(recon, inp)
+        m = {"recon_mae": r["mae"], "recon_psnr": r["psnr"], "recon_ssim": r["ssim"]}
+        m["cycle_mae"] = float(np.mean(np.abs(cycle - inp)))
+        if gts.get(x) is not None and len(gts[x]) == len(faces[x]):
+            gt = np.asarray(center_crop(spec, gts[x]))
+            s, base = _scores(swap, gt), _scores(inp, gt)
+            m.update(swap_mae=s["mae"], swap_ssim=s["ssim"])
+            m.update(identity_swap_mae=base["mae"], identity_swap_ssim=base["ssim"])
+        out[x] = {k: round(v, 6) for k, v in m.items()}
+    return out
+
+
+def evaluate(settings: Settings, model_dir: Path = Path("models/final"), metrics_dir: Path = Path("metrics")) -> dict:
+    import mlflow
+
+    from autoswap import tracking
+    from autoswap.model import load_final
+    from autoswap.pipeline import BatchSpec, load_faces
+
+    *nets, meta = load_final(model_dir)
+    if meta.get("face_size") != settings.data.face_size or meta["model"]["input_size"] != settings.model.input_size:
+        raise UserError(f"{model_dir}: trained for other face/input sizes than params.yaml; run `dvc repro`")
+    spec = BatchSpec.from_settings(settings)
+    root, size = settings.data.faces_dir, settings.data.face_size
+    faces, gts = {}, {}
+    for s in "ab":
+        faces[s] = load_faces(root / s / "val", size)[0]
+        if len(faces[s]) == 0:
+            raise UserError(f"{root / s / 'val'}: no validation faces; run `dvc repro prepare`")
+        gt = load_faces(root / s / "val_gt", size)[0] if (root / s / "val_gt").is_dir() else None
+        gts[s] = gt if gt is not None and len(gt) else None
+    result = evaluate_faces(nets, spec, faces, gts, settings.evaluate.batch_size)
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    (metrics_dir / "eval.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+
+    tracking.setup(settings.tracking.experiment)
+    with mlflow.start_run(run_id=meta["mlflow_run_id"]):
+        mlflow.log_metrics({f"eval.{s}.{k}": v for s, m in result.items() for k, v in m.items()})
+    return result

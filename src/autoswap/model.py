@@ -1,0 +1,120 @@
+"""The 2017 deepfakes network, as in the seed: one shared encoder, one decoder per person.
+
+At the default width (1.0) and input size (64) the sub-models are exactly the seed's:
+encoder 69,662,976 parameters, each decoder 6,199,747.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+from keras import layers
+
+from autoswap.config import ModelSettings
+
+
+def _width(filters: int, width: float, multiple: int = 8) -> int:
+    # round to a multiple of 8 so pixel shuffle (needs /4) and vector units stay happy
+    return max(multiple, int(round(filters * width / multiple)) * multiple)
+
+
+class PixelShuffle(layers.Layer):
+    """depth_to_space(2): (H, W, 4C) -> (2H, 2W, C). A named layer (not a Lambda) so the
+    models serialise without pickled Python code."""
+
+    def call(self, x):
+        import tensorflow as tf  # keras 3 ops have no depth_to_space; this project is TF-only
+
+        return tf.nn.depth_to_space(x, 2)
+
+    def compute_output_shape(self, s):
+        return (s[0], None if s[1] is None else s[1] * 2, None if s[2] is None else s[2] * 2, s[3] // 4)
+
+
+def _downscale(x, filters: int, name: str):
+    return layers.Conv2D(filters, 5, strides=2, padding="same", activation="leaky_relu", name=name)(x)
+
+
+def _upscale(x, filters: int, name: str):
+    x = layers.Conv2D(filters, 3, padding="same", activation="leaky_relu", name=f"{name}_conv")(x)
+    return PixelShuffle(name=f"{name}_shuffle")(x)
+
+
+def latent_shape(cfg: ModelSettings) -> tuple[int, int, int]:
+    """Shape of the encoder's output, (8, 8, 512) for the seed."""
+    side = cfg.input_size // 2 ** len(cfg.encoder_filters) * 2
+    return side, side, _width(cfg.encoder_filters[-1], cfg.width) * 2 // 4
+
+
+def build_encoder(cfg: ModelSettings) -> keras.Model:
+    s, w = cfg.input_size, cfg.width
+    inp = keras.Input((s, s, 3), name="face")  # (B, 64, 64, 3)
+    x = inp
+    for i, f in enumerate(cfg.encoder_filters):
+        x = _downscale(x, _width(f, w), f"down{i}")  # (B, 4, 4, 1024) after the last
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(_width(cfg.latent_dim, w), name="latent")(x)  # (B, 1024)
+    side = s // 2 ** len(cfg.encoder_filters)
+    ch = _width(cfg.encoder_filters[-1], w)
+    x = layers.Dense(side * side * ch, name="expand")(x)
+    x = layers.Reshape((side, side, ch), name="reshape")(x)  # (B, 4, 4, 1024)
+    x = _upscale(x, 2 * ch, "up")  # (B, 8, 8, 512)
+    return keras.Model(inp, x, name="encoder")
+
+
+def build_decoder(cfg: ModelSettings, name: str) -> keras.Model:
+    inp = keras.Input(latent_shape(cfg), name="latent")  # (B, 8, 8, 512)
+    x = inp
+    for i, f in enumerate(cfg.decoder_filters):
+        x = _upscale(x, _width(f, cfg.width), f"up{i}")  # (B, 64, 64, 64) after the last
+    # float32 output even under a mixed-precision policy: the sigmoid and the loss need the range
+    x = layers.Conv2D(3, 5, padding="same", activation="sigmoid", dtype="float32", name="rgb")(x)
+    return keras.Model(inp, x, name=name)  # (B, 64, 64, 3)
+
+
+def build(cfg: ModelSettings) -> tuple[keras.Model, keras.Model, keras.Model]:
+    """(encoder, decoder_a, decoder_b)."""
+    return build_encoder(cfg), build_decoder(cfg, "decoder_a"), build_decoder(cfg, "decoder_b")
+
+
+# ----------------------------------------------------------------------------- final weights
+# models/final/ holds encoder.weights.h5, decoder_a.weights.h5, decoder_b.weights.h5 (Keras 3
+# weight files) and model.json: the model settings and the crop geometry used in training, so
+# that evaluate, preview and swap rebuild the network and its input exactly, without retyping.
+WEIGHT_FILES = ("encoder", "decoder_a", "decoder_b")
+
+
+def save_final(out_dir: Path, nets, meta: dict) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, net in zip(WEIGHT_FILES, nets, strict=True):
+        tmp = out_dir / f".{name}.weights.h5.tmp.weights.h5"
+        net.save_weights(tmp)
+        tmp.replace(out_dir / f"{name}.weights.h5")
+    (out_dir / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def load_final(model_dir: Path):
+    """-> (encoder, decoder_a, decoder_b, meta). Raises UserError for a missing or foreign folder."""
+    from autoswap.errors import UserError
+
+    model_dir = Path(model_dir)
+    meta_file = model_dir / "model.json"
+    if not meta_file.is_file():
+        raise UserError(f"{meta_file}: no trained model here; run `dvc repro train` (or pass --model DIR)")
+    meta = json.loads(meta_file.read_text())
+    try:
+        cfg = ModelSettings(**meta["model"])
+    except Exception:
+        raise UserError(f"{meta_file}: written by another autoswap version or config; retrain") from None
+    nets = build(cfg)
+    for name, net in zip(WEIGHT_FILES, nets, strict=True):
+        f = model_dir / f"{name}.weights.h5"
+        if not f.is_file():
+            raise UserError(f"{f}: missing weight file; retrain or copy the whole folder")
+        try:
+            net.load_weights(f)
+        except Exception as e:
+            raise UserError(f"{f}: does not match {meta_file} ({type(e).__name__}); retrain") from None
+    return (*nets, meta)

@@ -1,0 +1,221 @@
+"""Training batches: decoded faces are cached once as a uint8 tensor; every step draws a
+batch per person (reshuffled every epoch), augments and warps each image on its own, and
+centre-crops and resizes to the model's input.
+
+The seed's chain (Keras augmentation layers -> sparse_image_warp -> CenterCrop(80) ->
+Resizing(64)) resamples the face three times at 128 px. Here the three maps are composed into
+one sampling grid at the 64 px output and the face is sampled once, bilinearly: the same
+geometry (the spline is evaluated at the output pixels, then the affine is inverted), a third of
+the interpolation blur, and the spline is evaluated at 4,096 points instead of 16,384.
+
+Randomness is stateless: every draw is seeded by (seed, step, stream), so a batch is a pure
+function of (seed, step) and a resumed run sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from autoswap.config import Settings
+from autoswap.errors import UserError
+from autoswap.images import BadImage, list_images, load_rgb
+from autoswap.warp import interpolate_spline
+
+# stream ids inside one step's seed, so that augment and warp draws of A and B never collide
+_AUG, _WARP = 0, 1
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """Everything a batch depends on, from the validated settings."""
+
+    seed: int
+    batch: int
+    face_size: int  # S: the cached faces are (S, S, 3)
+    out_size: int  # model input
+    crop: float  # centre fraction of the face fed to the model
+    flip: float
+    zoom: float
+    rotation: float  # fraction of a full turn
+    translation: float
+    grid: int
+    span: float
+    stddev: float  # fraction of S, before the schedule
+    schedule: str
+    off_after: int | None
+    order: int
+    steps: int
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> BatchSpec:
+        t, a, w = s.train, s.train.augment, s.train.warp
+        return cls(
+            seed=s.seed, batch=t.batch_size, face_size=s.data.face_size, out_size=s.model.input_size,
+            crop=t.crop, flip=a.flip, zoom=a.zoom, rotation=a.rotation, translation=a.translation,
+            grid=w.grid, span=w.span, stddev=w.stddev, schedule=w.schedule, off_after=w.off_after,
+            order=w.interpolation_order, steps=t.steps,
+        )
+
+
+def warp_stddev(spec: BatchSpec, step) -> tf.Tensor:
+    """Warp noise in pixels of the face at `step`: constant, linear to 0 at the last step, or
+    off from `off_after` on (the seed suggests turning the warp off near the end)."""
+    step = tf.cast(step, tf.float32)
+    base = tf.constant(spec.stddev * spec.face_size, tf.float32)
+    if spec.schedule == "linear":
+        return base * tf.maximum(0.0, 1.0 - step / max(1, spec.steps - 1))
+    if spec.schedule == "off_after":
+        return tf.where(step < float(spec.off_after), base, 0.0)
+    return base
+
+
+def _seed(spec: BatchSpec, step, stream: int) -> tf.Tensor:
+    return tf.stack([tf.constant(spec.seed, tf.int64), tf.cast(step, tf.int64) * 16 + stream])
+
+
+def batch_indices(spec: BatchSpec, n: int, step, side: int) -> tf.Tensor:
+    """Indices of the faces in this step's batch: epoch-wise permutations of range(n), each
+    permutation seeded by (seed, epoch, side), so every face is seen once per epoch and the order
+    changes every epoch (the seed cached batches and repeated them in the same order)."""
+    pos = tf.cast(step, tf.int64) * spec.batch + tf.range(spec.batch, dtype=tf.int64)  # (B,)
+    epoch = pos // n
+    e0 = epoch[0]
+    n_perm = spec.batch // n + 2  # a batch spans at most this many epochs
+    keys = tf.stack(
+        [
+            tf.random.stateless_uniform(
+                [n], seed=tf.stack([tf.constant(spec.seed, tf.int64), -(e0 + k) * 4 - 1 - side])
+            )
+            for k in range(n_perm)
+        ]
+    )  # (E, n)
+    perms = tf.argsort(keys, axis=1, stable=True)  # (E, n)
+    return tf.gather_nd(perms, tf.stack([epoch - e0, pos % n], axis=1))  # (B,)
+
+
+def _output_grid(spec: BatchSpec) -> np.ndarray:
+    """(out*out, 2) (y, x) positions in the face image of the model-input pixels: the centre
+    crop resized with half-pixel centres, as Keras CenterCrop + Resizing do."""
+    s, o = spec.face_size, spec.out_size
+    c = round(spec.crop * s)
+    off = (s - c) / 2.0
+    r = off + (np.arange(o) + 0.5) * (c / o) - 0.5
+    yy, xx = np.meshgrid(r, r, indexing="ij")
+    return np.stack([yy.ravel(), xx.ravel()], axis=1).astype(np.float32)
+
+
+def _control_grid(spec: BatchSpec) -> np.ndarray:
+    """(grid*grid, 2) (y, x): the seed's 5x5 points over centre +- 40 px of 128."""
+    centre = spec.face_size / 2.0  # the seed's linspace(64 - 40, 64 + 40, 5), in pixel indices
+    r = np.linspace(centre - spec.span * spec.face_size, centre + spec.span * spec.face_size, spec.grid)
+    yy, xx = np.meshgrid(r, r, indexing="ij")
+    return np.stack([yy.ravel(), xx.ravel()], axis=1).astype(np.float32)
+
+
+def _inverse_affine(spec: BatchSpec, q, params) -> tf.Tensor:
+    """Map output positions q (B, M, 2) of the augmented image back into the source image.
+    params (B, 6) uniform in [0, 1): flip, zoom x, zoom y, rotation, shift y, shift x."""
+    s = spec.face_size
+    centre = (s - 1) / 2.0
+    flip = tf.where(params[:, 0] < spec.flip, -1.0, 1.0)  # (B,)
+    zx = 1.0 + spec.zoom * (2.0 * params[:, 1] - 1.0)
+    zy = 1.0 + spec.zoom * (2.0 * params[:, 2] - 1.0)
+    theta = spec.rotation * 2.0 * math.pi * (2.0 * params[:, 3] - 1.0)
+    shift = spec.translation * s * (2.0 * params[:, 4:6] - 1.0)  # (B, 2) (y, x)
+    d = q - centre - shift[:, None, :]  # (B, M, 2)
+    cos, sin = tf.cos(theta)[:, None], tf.sin(theta)[:, None]
+    dy, dx = d[..., 0], d[..., 1]
+    ry, rx = cos * dy - sin * dx, sin * dy + cos * dx  # rotate back by -theta
+    return tf.stack([ry / zy[:, None] + centre, rx / zx[:, None] * flip[:, None] + centre], axis=-1)
+
+
+def sample_bilinear(images, pts) -> tf.Tensor:
+    """images (B, S, S, 3) uint8, pts (B, M, 2) (y, x) -> (B, M, 3) float32 in [0, 1].
+    Points are clamped to the image: with the seed's augmentation the centre crop never leaves
+    the face, so the fill mode never shows."""
+    b, s = tf.shape(images)[0], images.shape[1]
+    y = tf.clip_by_value(pts[..., 0], 0.0, s - 1.0)
+    x = tf.clip_by_value(pts[..., 1], 0.0, s - 1.0)
+    y0 = tf.minimum(tf.floor(y), s - 2.0)
+    x0 = tf.minimum(tf.floor(x), s - 2.0)
+    wy, wx = (y - y0)[..., None], (x - x0)[..., None]  # (B, M, 1)
+    base = (tf.range(b) * s * s)[:, None]  # (B, 1)
+    i00 = base + tf.cast(y0, tf.int32) * s + tf.cast(x0, tf.int32)  # (B, M)
+    flat = tf.reshape(images, [-1, 3])  # (B*S*S, 3)
+
+    def at(i):
+        return tf.cast(tf.gather(flat, i), tf.float32)
+
+    top = at(i00) * (1 - wx) + at(i00 + 1) * wx
+    bot = at(i00 + s) * (1 - wx) + at(i00 + s + 1) * wx
+    return (top * (1 - wy) + bot * wy) / 255.0
+
+
+def make_batch(spec: BatchSpec, faces, step, side: int):
+    """faces (N, S, S, 3) uint8 -> (warped, target), each (B, out, out, 3) float32 in [0, 1]."""
+    n = faces.shape[0] if faces.shape[0] is not None else tf.shape(faces)[0]
+    idx = batch_indices(spec, n, step, side)  # (B,)
+    imgs = tf.gather(faces, idx)  # (B, S, S, 3) uint8
+    b, o = spec.batch, spec.out_size
+    q = tf.broadcast_to(tf.constant(_output_grid(spec)), [b, o * o, 2])  # (B, M, 2)
+
+    # the warp: control points on the seed's grid, each source point moved by N(0, stddev)
+    dest = tf.broadcast_to(tf.constant(_control_grid(spec)), [b, spec.grid**2, 2])  # (B, 25, 2)
+    noise = tf.random.stateless_normal([b, spec.grid**2, 2], seed=_seed(spec, step, _WARP + 2 * side))
+    source = dest + noise * warp_stddev(spec, step)
+    # sparse_image_warp's dense flow at the output points; the warped image samples at q - flow
+    flow = interpolate_spline(dest, dest - source, q, spec.order)  # (B, M, 2)
+    params = tf.random.stateless_uniform([b, 6], seed=_seed(spec, step, _AUG + 2 * side))
+    src_warped = _inverse_affine(spec, q - flow, params)
+    src_target = _inverse_affine(spec, q, params)
+    px = sample_bilinear(imgs, tf.concat([src_warped, src_target], axis=1))  # (B, 2M, 3)
+    px = tf.reshape(px, [b, 2, o, o, 3])
+    return px[:, 0], px[:, 1]
+
+
+def center_crop(spec_or_settings, faces) -> tf.Tensor:
+    """(N, S, S, 3) uint8 -> (N, out, out, 3) float32: the model's view of a face without
+    augmentation (evaluate, preview, swap). Same geometry as training batches."""
+    spec = spec_or_settings if isinstance(spec_or_settings, BatchSpec) else BatchSpec.from_settings(spec_or_settings)
+    faces = tf.convert_to_tensor(faces)
+    n, o = tf.shape(faces)[0], spec.out_size
+    q = tf.broadcast_to(tf.constant(_output_grid(spec)), [n, o * o, 2])
+    return tf.reshape(sample_bilinear(faces, q), [n, o, o, 3])
+
+
+# ----------------------------------------------------------------------------- faces on disk
+def load_faces(folder: Path, size: int, max_pixels: int = 40_000_000) -> tuple[np.ndarray, list[Path], dict]:
+    """Decode every face image in `folder` (not recursive) once, resized to (size, size).
+    Returns (faces (N, size, size, 3) uint8, files, skipped {file: reason})."""
+    from PIL import Image
+
+    files = [p for p in list_images(folder) if p.parent == Path(folder)]
+    out, kept, skipped = [], [], {}
+    for f in files:
+        try:
+            a = load_rgb(f, max_pixels)
+        except BadImage as e:
+            skipped[str(f)] = str(e)
+            continue
+        if a.shape[:2] != (size, size):
+            a = np.asarray(Image.fromarray(a).resize((size, size), Image.Resampling.LANCZOS))
+        out.append(a)
+        kept.append(f)
+    if not out:
+        return np.zeros((0, size, size, 3), np.uint8), kept, skipped
+    return np.stack(out), kept, skipped
+
+
+def require_faces(folder: Path, size: int, what: str, minimum: int = 1) -> np.ndarray:
+    faces, _, _ = load_faces(folder, size)
+    if len(faces) < minimum:
+        raise UserError(
+            f"{folder}: {len(faces)} usable face image(s) for {what}, need at least {minimum}; "
+            "run `dvc repro prepare` (or check data.faces_dir in params.yaml)"
+        )
+    return faces

@@ -1,0 +1,68 @@
+"""The MLflow store: `sqlite:///<root>/mlruns/mlflow.db`, artifacts in `<root>/mlruns/artifacts`.
+
+<root> is DVC_ROOT when DVC runs the stage: `dvc exp run --queue` runs stages in a temporary copy
+of the repo but points DVC_ROOT at the real one, so queued experiments land in the same store.
+MLflow 3 refuses a plain ./mlruns file store, hence sqlite. MLFLOW_TRACKING_URI, when set, wins
+(a shared tracking server, or a test's own store)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+RUN_FILE = "mlflow_run.json"
+
+
+def project_root() -> Path:
+    return Path(os.environ.get("DVC_ROOT") or ".").resolve()
+
+
+def tracking_uri(root: Path | None = None) -> str:
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    root = root or project_root()
+    (root / "mlruns" / "artifacts").mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+
+
+def artifact_root(root: Path | None = None) -> str:
+    uri = tracking_uri(root)
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///") :]).parent / "artifacts").as_uri()
+    return ""
+
+
+def setup(experiment: str):
+    """Point mlflow at the project store and return the experiment id (created on first use)."""
+    import logging
+
+    import mlflow
+
+    # alembic prints its migration log at INFO on the first use of a new store
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    mlflow.set_tracking_uri(tracking_uri())
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        loc = artifact_root() or None
+        return mlflow.create_experiment(experiment, artifact_location=loc)
+    return exp.experiment_id
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, cwd=project_root()
+        )
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run_tags() -> dict[str, str]:
+    tags = {"autoswap.stage": "train"}
+    if commit := git_commit():
+        tags["mlflow.source.git.commit"] = commit
+    if name := os.environ.get("DVC_EXP_NAME"):
+        tags["dvc.exp_name"] = name
+    return tags

@@ -1,0 +1,313 @@
+"""DVC stage `train`: the shared encoder and both decoders, one compiled step per iteration.
+
+Resumable: checkpoints (weights, optimizer, step) go to models/checkpoints (declared
+`persist: true` in dvc.yaml so `dvc repro` keeps it). Re-running after an interruption continues
+from the latest checkpoint into the same MLflow run; batches are a pure function of
+(seed, step), so the resumed run sees exactly the data an uninterrupted one would have.
+A checkpoint folder written under other settings or other data is set aside and training starts
+afresh.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from autoswap import __version__
+from autoswap.config import Settings, flatten
+from autoswap.errors import UserError
+
+# settings that change when and what is logged or saved but not the numbers a run computes
+_NOT_IN_FINGERPRINT = {"log_every", "save_every", "keep_last", "backup_every", "preview_every", "models_dir"}
+LOSS_FIELDS = ["step", "loss_a", "loss_b", "learning_rate", "warp_stddev"]
+
+
+def fingerprint(settings: Settings, data_files: list[Path]) -> str:
+    train = {k: v for k, v in settings.train.model_dump(mode="json").items() if k not in _NOT_IN_FINGERPRINT}
+    blob = {
+        "seed": settings.seed,
+        "face_size": settings.data.face_size,
+        "model": settings.model.model_dump(mode="json"),
+        "train": train,
+        "data": [(p.name, p.stat().st_size) for p in data_files],
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class LRSchedule:
+    """constant, cosine (to min_ratio at the last step) or step (x gamma every step_every), with
+    optional linear warm-up. A keras LearningRateSchedule so the optimizer evaluates it in-graph."""
+
+    def __new__(cls, cfg, base_lr: float, steps: int):
+        import keras
+        import tensorflow as tf
+
+        class _Schedule(keras.optimizers.schedules.LearningRateSchedule):
+            def __call__(self, step):
+                step = tf.cast(step, tf.float32)
+                lr = tf.constant(base_lr, tf.float32)
+                if cfg.kind == "cosine":
+                    span = max(1, steps - 1 - cfg.warmup_steps)
+                    t = tf.clip_by_value((step - cfg.warmup_steps) / span, 0.0, 1.0)
+                    lr = lr * (cfg.min_ratio + (1 - cfg.min_ratio) * 0.5 * (1 + tf.cos(math.pi * t)))
+                elif cfg.kind == "step":
+                    lr = lr * tf.pow(cfg.step_gamma, tf.floor(step / cfg.step_every))
+                if cfg.warmup_steps:
+                    lr = lr * tf.minimum(1.0, (step + 1) / cfg.warmup_steps)
+                return lr
+
+            def get_config(self):
+                return {}
+
+        return _Schedule()
+
+
+class Progress:
+    """tqdm bar on a terminal; plain periodic lines otherwise (DVC logs, CI)."""
+
+    def __init__(self, start: int, total: int):
+        self.tty = sys.stderr.isatty()
+        self.total, self.t0, self.start = total, time.time(), start
+        self.bar = None
+        if self.tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
+
+    def update(self, step: int, n: int, info: dict):
+        if self.bar is not None:
+            self.bar.update(n)
+            self.bar.set_postfix_str(
+                f"A {info['loss_a']:.4f} B {info['loss_b']:.4f} {info['images_per_s']:.1f} img/s", refresh=False
+            )
+        else:
+            done = step - self.start
+            rate = done / max(1e-9, time.time() - self.t0)
+            eta = (self.total - step) / max(1e-9, rate)
+            print(
+                f"step {step}/{self.total} loss_a {info['loss_a']:.4f} loss_b {info['loss_b']:.4f} "
+                f"{info['images_per_s']:.1f} img/s ETA {eta / 60:.1f} min",
+                flush=True,
+            )
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=LOSS_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+
+
+def _read_csv(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        return [{k: (int(v) if k == "step" else float(v)) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def train(settings: Settings, metrics_dir: Path = Path("metrics"), plots_dir: Path = Path("plots")) -> dict:
+    import keras
+    import mlflow
+    import tensorflow as tf
+
+    from autoswap import model as M
+    from autoswap import tracking
+    from autoswap.pipeline import BatchSpec, load_faces, make_batch, warp_stddev
+    from autoswap.preview import preview_grid
+
+    t = settings.train
+    faces_root = settings.data.faces_dir
+    sets = {}
+    for side in ("a", "b"):
+        faces, files, _ = load_faces(faces_root / side / "train", settings.data.face_size)
+        if len(faces) < 2:
+            raise UserError(
+                f"{faces_root / side / 'train'}: {len(faces)} usable face image(s) for person {side.upper()}, "
+                "need at least 2; run `dvc repro prepare` or add images"
+            )
+        sets[side] = (faces, files)
+    val = {s: load_faces(faces_root / s / "val", settings.data.face_size)[0][: settings.preview.faces] for s in "ab"}
+
+    if t.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(settings.seed)  # weight initialisation
+    if t.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+
+    spec = BatchSpec.from_settings(settings)
+    encoder, decoder_a, decoder_b = nets = M.build(settings.model)
+    schedule = LRSchedule(t.lr_schedule, t.learning_rate, t.steps)
+    optimizer = keras.optimizers.Adam(learning_rate=schedule, beta_1=t.beta_1, beta_2=t.beta_2)
+    train_vars = encoder.trainable_variables + decoder_a.trainable_variables + decoder_b.trainable_variables
+    optimizer.build(train_vars)
+    step_var = tf.Variable(0, dtype=tf.int64, name="step")
+
+    # ---- checkpoints and resume
+    models_dir = t.models_dir
+    ckpt_dir = models_dir / "checkpoints"
+    fp = fingerprint(settings, sets["a"][1] + sets["b"][1])
+    state_file = ckpt_dir / "state.json"
+    state = json.loads(state_file.read_text()) if state_file.is_file() else None
+    if state and state.get("fingerprint") != fp:
+        stale = models_dir / f"checkpoints.stale-{state.get('fingerprint', 'unknown')}"
+        shutil.rmtree(stale, ignore_errors=True)
+        ckpt_dir.rename(stale)
+        print(f"autoswap: settings or data changed since {ckpt_dir} was written; set it aside as {stale}")
+        state = None
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = tf.train.Checkpoint(
+        encoder=encoder, decoder_a=decoder_a, decoder_b=decoder_b, optimizer=optimizer, step=step_var
+    )
+    manager = tf.train.CheckpointManager(ckpt, ckpt_dir, max_to_keep=t.keep_last)
+    backups = tf.train.CheckpointManager(ckpt, ckpt_dir / "backups", max_to_keep=None, checkpoint_name="backup")
+    history_file = ckpt_dir / "history.csv"
+    history: list[dict] = []
+    if state and manager.latest_checkpoint:
+        ckpt.restore(manager.latest_checkpoint).expect_partial()
+        history = [r for r in _read_csv(history_file) if r["step"] <= int(step_var.numpy())]
+        print(f"autoswap: resuming from {manager.latest_checkpoint} at step {int(step_var.numpy())}")
+    start = int(step_var.numpy())
+
+    # ---- MLflow: one run per training, reopened on resume
+    exp_id = tracking.setup(settings.tracking.experiment)
+    run_id = state.get("run_id") if state else None
+    if run_id:
+        try:
+            mlflow.get_run(run_id)
+        except Exception:
+            run_id = None
+    run = mlflow.start_run(run_id=run_id, experiment_id=exp_id, tags=tracking.run_tags() if not run_id else None)
+    run_id = run.info.run_id
+    state = {"fingerprint": fp, "run_id": run_id}
+    tmp = state_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state))
+    tmp.replace(state_file)
+    if start == 0:
+        params = flatten(settings)
+        params["autoswap.version"] = __version__
+        params["data.n_train_a"], params["data.n_train_b"] = len(sets["a"][0]), len(sets["b"][0])
+        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+
+    # ---- the step
+    mae = keras.losses.MeanAbsoluteError()
+    b = t.batch_size
+
+    @tf.function(jit_compile=t.jit_compile, reduce_retracing=True)
+    def train_step(wa, ta, wb, tb):
+        with tf.GradientTape() as tape:
+            z = encoder(tf.concat([wa, wb], 0), training=True)  # (2B, 8, 8, 512): one pass, both people
+            ya = decoder_a(z[:b], training=True)  # (B, 64, 64, 3)
+            yb = decoder_b(z[b:], training=True)
+            loss_a, loss_b = mae(ta, ya), mae(tb, yb)
+            loss = loss_a + loss_b
+        grads = tape.gradient(loss, train_vars)
+        optimizer.apply_gradients(zip(grads, train_vars, strict=True))
+        return loss_a, loss_b
+
+    fa = tf.constant(sets["a"][0])  # (Na, S, S, 3) uint8, decoded once
+    fb = tf.constant(sets["b"][0])
+
+    def batches(s):
+        wa, ta = make_batch(spec, fa, s, 0)
+        wb, tb = make_batch(spec, fb, s, 1)
+        return s, wa, ta, wb, tb
+
+    ds = (
+        tf.data.Dataset.range(start, t.steps)
+        .map(batches, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .prefetch(2)
+    )
+
+    def save(step: int):
+        _write_csv(history_file, history)
+        manager.save(checkpoint_number=step)
+        if step % t.backup_every == 0:
+            backups.save(checkpoint_number=step)
+
+    def log_preview(step: int):
+        if len(val["a"]) and len(val["b"]):
+            grid = preview_grid(nets, spec, val["a"], val["b"])
+            mlflow.log_image(grid, artifact_file=f"previews/step_{step:06d}.png")
+
+    progress = Progress(start, t.steps)
+    pending: list = []
+    t_window, n_window = time.time(), 0
+    status = "FAILED"
+    try:
+        for s, wa, ta, wb, tb in ds:
+            step_var.assign(s)
+            pending.append(train_step(wa, ta, wb, tb))
+            n_window += 1
+            step = int(s) + 1  # steps done
+            step_var.assign(step)
+            last = step == t.steps
+            if step % t.log_every == 0 or step % t.save_every == 0 or last:
+                losses = np.array([[float(x) for x in p] for p in pending])  # (n, 2)
+                pending.clear()
+                if not np.isfinite(losses).all():
+                    raise UserError(
+                        f"loss became {losses[~np.isfinite(losses)][0]} by step {step}; lower "
+                        f"train.learning_rate ({t.learning_rate}); last good checkpoint kept in {ckpt_dir}"
+                    )
+                dt = time.time() - t_window
+                info = {
+                    "loss_a": float(losses[:, 0].mean()),
+                    "loss_b": float(losses[:, 1].mean()),
+                    "learning_rate": float(schedule(step - 1)),
+                    "warp_stddev": float(warp_stddev(spec, step - 1)),
+                    "images_per_s": 2 * b * n_window / max(dt, 1e-9),
+                }
+                t_window, n_window = time.time(), 0
+                history.append({"step": step, **{k: info[k] for k in LOSS_FIELDS[1:]}})
+                mlflow.log_metrics(info, step=step)
+                progress.update(step, len(losses), info)
+            if step % t.save_every == 0 or last:
+                save(step)
+            if step % t.preview_every == 0 or last:
+                log_preview(step)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        progress.close()
+        if status != "FINISHED":
+            mlflow.end_run(status=status)
+
+    # ---- final weights, metrics, plots
+    final_dir = models_dir / "final"
+    meta = {
+        "autoswap_version": __version__,
+        "model": settings.model.model_dump(mode="json"),
+        "face_size": settings.data.face_size,
+        "crop": t.crop,
+        "steps": t.steps,
+        "seed": settings.seed,
+        "mlflow_run_id": run_id,
+        "mlflow_tracking_uri": tracking.tracking_uri(),
+    }
+    M.save_final(final_dir, nets, meta)
+    mlflow.log_artifacts(str(final_dir), artifact_path="weights")
+    _write_csv(plots_dir / "loss.csv", history)
+    last = history[-1] if history else {"loss_a": float("nan"), "loss_b": float("nan")}
+    result = {"steps": t.steps, "loss_a": round(last["loss_a"], 6), "loss_b": round(last["loss_b"], 6)}
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    (metrics_dir / "train.json").write_text(json.dumps(result, indent=2) + "\n")
+    mlflow.log_artifact(str(plots_dir / "loss.csv"))
+    mlflow.end_run("FINISHED")
+    return result
