@@ -8,7 +8,7 @@ one sampling grid at the 64 px output and the face is sampled once, bilinearly: 
 geometry (the spline is evaluated at the output pixels, then the affine is inverted), a third of
 the interpolation blur, and the spline is evaluated at 4,096 points instead of 16,384.
 
-Randomness is stateless: every draw is seeded by (seed, step, stream), so a batch is a pure
+Randomness is stateless: every draw is a hash of (seed, step, stream, index), so a batch is a pure
 function of (seed, step) and a resumed run sees exactly the batches it would have seen.
 """
 
@@ -27,7 +27,42 @@ from autoswap.images import BadImage, list_images, load_rgb
 from autoswap.warp import interpolate_spline
 
 # stream ids inside one step's seed, so that augment and warp draws of A and B never collide
-_AUG, _WARP = 0, 1
+_AUG, _WARP, _PERM = 0, 1, 2
+
+
+# ----------------------------------------------------------------------------- counter-based RNG
+# Why not tf.random.stateless_*: under XLA (jit_compile, the GPU path) they return other numbers
+# than the CPU kernels for the same seed (measured on TF 2.21), so the same params would train
+# on other batches depending on where the batch is built. An integer hash is exact everywhere.
+def _hash32(x):
+    """lowbias32 (C. Wellons): a well-mixed bijection on uint32."""
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+    x = x * tf.constant(0x7FEB352D, tf.uint32)
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 15))
+    x = x * tf.constant(0x846CA68B, tf.uint32)
+    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+
+
+def random_bits(seed: int, counter, stream: int, n: int):
+    """n uint32 draws, a pure function of (seed, counter, stream, index)."""
+    key = _hash32(tf.constant(seed, tf.uint32))
+    key = _hash32(key + tf.cast(counter, tf.uint32) * tf.constant(2654435761, tf.uint32))  # step or epoch
+    key = _hash32(key ^ tf.constant(stream * 0x632BE5AB & 0xFFFFFFFF, tf.uint32))
+    return _hash32(_hash32(tf.cast(tf.range(n), tf.uint32) + key) ^ key)
+
+
+def random_uniform(seed: int, counter, stream: int, shape) -> tf.Tensor:
+    n = int(np.prod(shape))
+    bits = random_bits(seed, counter, stream, n)
+    u = tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) * (1.0 / 16777216.0)  # [0, 1), 24 bits
+    return tf.reshape(u, shape)
+
+
+def random_normal(seed: int, counter, stream: int, shape) -> tf.Tensor:
+    n = int(np.prod(shape))
+    u = random_uniform(seed, counter, stream, [2, n])
+    z = tf.sqrt(-2.0 * tf.math.log(1.0 - u[0])) * tf.cos(2.0 * math.pi * u[1])  # Box-Muller
+    return tf.reshape(z, shape)
 
 
 @dataclass(frozen=True)
@@ -74,10 +109,6 @@ def warp_stddev(spec: BatchSpec, step) -> tf.Tensor:
     return base
 
 
-def _seed(spec: BatchSpec, step, stream: int) -> tf.Tensor:
-    return tf.stack([tf.constant(spec.seed, tf.int64), tf.cast(step, tf.int64) * 16 + stream])
-
-
 def batch_indices(spec: BatchSpec, n: int, step, side: int) -> tf.Tensor:
     """Indices of the faces in this step's batch: epoch-wise permutations of range(n), each
     permutation seeded by (seed, epoch, side), so every face is seen once per epoch and the order
@@ -87,14 +118,9 @@ def batch_indices(spec: BatchSpec, n: int, step, side: int) -> tf.Tensor:
     e0 = epoch[0]
     n_perm = spec.batch // n + 2  # a batch spans at most this many epochs
     keys = tf.stack(
-        [
-            tf.random.stateless_uniform(
-                [n], seed=tf.stack([tf.constant(spec.seed, tf.int64), -(e0 + k) * 4 - 1 - side])
-            )
-            for k in range(n_perm)
-        ]
-    )  # (E, n)
-    perms = tf.argsort(keys, axis=1, stable=True)  # (E, n)
+        [random_bits(spec.seed, e0 + k, _PERM + 4 * side, n) for k in range(n_perm)]
+    )  # (E, n) uint32
+    perms = tf.argsort(tf.cast(keys, tf.int64), axis=1, stable=True)  # (E, n)
     return tf.gather_nd(perms, tf.stack([epoch - e0, pos % n], axis=1))  # (B,)
 
 
@@ -166,11 +192,11 @@ def make_batch(spec: BatchSpec, faces, step, side: int):
 
     # the warp: control points on the seed's grid, each source point moved by N(0, stddev)
     dest = tf.broadcast_to(tf.constant(_control_grid(spec)), [b, spec.grid**2, 2])  # (B, 25, 2)
-    noise = tf.random.stateless_normal([b, spec.grid**2, 2], seed=_seed(spec, step, _WARP + 2 * side))
+    noise = random_normal(spec.seed, step, _WARP + 4 * side, [b, spec.grid**2, 2])
     source = dest + noise * warp_stddev(spec, step)
     # sparse_image_warp's dense flow at the output points; the warped image samples at q - flow
     flow = interpolate_spline(dest, dest - source, q, spec.order)  # (B, M, 2)
-    params = tf.random.stateless_uniform([b, 6], seed=_seed(spec, step, _AUG + 2 * side))
+    params = random_uniform(spec.seed, step, _AUG + 4 * side, [b, 6])
     src_warped = _inverse_affine(spec, q - flow, params)
     src_target = _inverse_affine(spec, q, params)
     px = sample_bilinear(imgs, tf.concat([src_warped, src_target], axis=1))  # (B, 2M, 3)

@@ -1,0 +1,438 @@
+"""Raw photos and videos -> aligned face crops, masks and a manifest (the `extract` command and
+`prepare` with data.source=folders).
+
+Per image or sampled video frame: MTCNN finds faces and their 5 landmarks (searching a copy
+shrunk to `extract.detect_size` on its longest side, results mapped back to full resolution);
+faces below `extract.min_confidence` or smaller than `extract.min_face_size` are set aside;
+`extract.keep` picks the largest, the most central, or all of the rest. Each kept face is warped
+onto the template (autoswap.align) at `data.face_size`, gets a landmark mask, a blur score
+(variance of the Laplacian inside the mask) and a perceptual hash; blurry faces and
+near-duplicates of an already kept face are dropped when those filters are on.
+
+Output (only ever under out_dir):
+    out_dir/{name}.png          the aligned face, RGB
+    out_dir/masks/{name}.png    its mask, uint8 0/255
+    out_dir/manifest.jsonl      one JSON row per kept face (see `_row`)
+Inputs are only read. A file that cannot be used is skipped and listed under its reason.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from autoswap.align import (
+    TEMPLATE,
+    align,
+    apply_affine,
+    blur_score,
+    face_mask,
+    invert_affine,
+    phash,
+    template_points,
+    umeyama,
+)
+from autoswap.config import ExtractSettings
+from autoswap.errors import UserError
+from autoswap.images import IMAGE_SUFFIXES, BadImage, load_rgb
+from autoswap.video import VIDEO_SUFFIXES, BadVideo, VideoFrame, iter_video_frames, probe_frames
+
+__all__ = [
+    "TEMPLATE", "DROP_REASONS", "Face", "detect", "select_faces", "align", "face_mask", "apply_affine",
+    "invert_affine", "template_points", "umeyama", "iter_video_frames", "VideoFrame", "BadVideo",
+    "list_media", "extract_to_dir", "MANIFEST",
+]
+
+MANIFEST = "manifest.jsonl"
+MASKS = "masks"
+
+# Every reason a file, frame or face can be dropped for; the returned report lists all of them.
+DROP_REASONS = (
+    "unreadable",  # not an image or video we can decode (corrupt, truncated, wrong extension)
+    "unsupported",  # a file in an input folder that is neither a photo nor a video
+    "empty_folder",  # an input folder with no photos or videos in it
+    "no_frames",  # a video that decodes to no frames
+    "no_face",  # no face found at all
+    "low_confidence",  # faces found, none at extract.min_confidence
+    "too_small",  # faces found, none at extract.min_face_size
+    "blurry",  # blur score below extract.min_blur
+    "duplicate",  # within extract.dedup_hamming bits of an already kept face
+)
+
+# MTCNN's last stage keeps candidates above this confidence (or min_confidence if lower), so
+# that faces just under min_confidence are reported as low_confidence rather than no_face.
+_DETECTOR_FLOOR = 0.8
+
+
+@dataclass(frozen=True)
+class Face:
+    box: np.ndarray  # (4,) x1, y1, x2, y2 in source pixels
+    confidence: float
+    landmarks: np.ndarray  # (5, 2) x, y: left eye, right eye, nose, mouth left, mouth right
+
+    @property
+    def size(self) -> float:
+        """The shortest side of the box, in source pixels."""
+        return float(min(self.box[2] - self.box[0], self.box[3] - self.box[1]))
+
+    @property
+    def area(self) -> float:
+        return float((self.box[2] - self.box[0]) * (self.box[3] - self.box[1]))
+
+    @property
+    def centre(self) -> np.ndarray:
+        return np.array([(self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2])
+
+
+# ----------------------------------------------------------------------------- detection
+@functools.lru_cache(maxsize=1)
+def _detector():
+    """The MTCNN detector, built once per process (weights ship inside the mtcnn wheel)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from mtcnn import MTCNN
+    from mtcnn.stages import StageONet, StagePNet, StageRNet
+    from mtcnn.utils.bboxes import (
+        generate_bounding_box,
+        resize_to_square,
+        smart_nms_from_bboxes,
+        upscale_bboxes,
+    )
+    from mtcnn.utils.images import apply_scales
+
+    class PNet(StagePNet):
+        """mtcnn 1.0's PNet with a fixed image pyramid: upstream counts the pyramid levels as if
+        min_face_size were 20, so any larger value makes the last levels smaller than PNet's
+        12 px window, TensorFlow raises, and MTCNN silently reports no face at all."""
+
+        def __call__(self, images_normalized, images_oshapes, min_face_size=20, min_size=12,
+                     scale_factor=0.709, threshold_pnet=0.6, nms_pnet1=0.5, nms_pnet2=0.7, **kwargs):
+            shortest = int(np.min(images_oshapes[:, :2]))
+            scale, scales = min_size / min_face_size, []
+            while shortest * scale >= min_size:
+                scales.append(scale)
+                scale *= scale_factor
+            if not scales:
+                return np.empty((0, 6))
+            scaled, scales = apply_scales(images_normalized, [np.asarray(scales)])
+            batch = images_normalized.shape[0]
+            boxes = [generate_bounding_box(r[0], r[1], threshold_pnet) for r in (self._model(s) for s in scaled)]
+            boxes = [upscale_bboxes(b, np.asarray([s] * batch)) for b, s in zip(boxes, scales, strict=True)]
+            boxes = [smart_nms_from_bboxes(b, threshold=nms_pnet1, method="union", initial_sort=False) for b in boxes]
+            boxes = np.concatenate(boxes, axis=0) if boxes else np.empty((0, 6))
+            boxes = smart_nms_from_bboxes(boxes, threshold=nms_pnet2, method="union", initial_sort=True)
+            return resize_to_square(boxes)
+
+    return MTCNN(stages=[PNet, StageRNet, StageONet])
+
+
+def detect(image_rgb: np.ndarray, cfg: ExtractSettings) -> list[Face]:
+    """All faces MTCNN finds in an (H, W, 3) uint8 RGB image, largest first, in its pixel
+    coordinates. The search runs on a copy shrunk to cfg.detect_size (longest side) and finds
+    faces down to half of cfg.min_face_size; confidence and size are not filtered here (see
+    `select_faces`), except for MTCNN's own floor of min(0.8, cfg.min_confidence)."""
+    import cv2
+
+    image = np.ascontiguousarray(image_rgb[..., :3], dtype=np.uint8)
+    h, w = image.shape[:2]
+    s = min(1.0, cfg.detect_size / max(h, w))
+    if s < 1.0:
+        dw, dh = max(1, round(w * s)), max(1, round(h * s))
+        small = cv2.resize(image, (dw, dh), interpolation=cv2.INTER_AREA)
+    else:
+        dw, dh, small = w, h, image
+    sx, sy = w / dw, h / dh
+    min_face = max(12.0, 0.5 * cfg.min_face_size / max(sx, sy))
+    rows = _detector().detect_faces(
+        small, output_type="numpy", box_format="xyxy", min_face_size=min_face,
+        threshold_onet=min(_DETECTOR_FLOOR, cfg.min_confidence),
+    )
+    faces = []
+    for r in np.asarray(rows, dtype=np.float64).reshape(-1, 16):
+        # detection pixel centres -> source pixel centres
+        box = (r[1:5] + 0.5) * np.array([sx, sy, sx, sy]) - 0.5
+        lm = (np.stack([r[6:11], r[11:16]], axis=1) + 0.5) * np.array([sx, sy]) - 0.5
+        faces.append(Face(box=box, confidence=float(r[5]), landmarks=lm))
+    faces.sort(key=lambda f: -f.area)
+    return faces
+
+
+def select_faces(faces: list[Face], image_shape: tuple[int, ...], cfg: ExtractSettings
+                 ) -> tuple[list[Face], str | None]:
+    """Apply the confidence and size thresholds, then cfg.keep. Returns (kept faces, None) or,
+    when none is kept, ([], the reason: no_face, low_confidence or too_small)."""
+    if not faces:
+        return [], "no_face"
+    good = [f for f in faces if f.confidence >= cfg.min_confidence and f.size >= cfg.min_face_size]
+    if not good:
+        top = max(faces, key=lambda f: f.area)
+        return [], "low_confidence" if top.confidence < cfg.min_confidence else "too_small"
+    if cfg.keep == "all":
+        return sorted(good, key=lambda f: -f.area), None
+    if cfg.keep == "largest":
+        return [max(good, key=lambda f: f.area)], None
+    centre = np.array([image_shape[1] - 1, image_shape[0] - 1]) / 2
+    return [min(good, key=lambda f: float(np.linalg.norm(f.centre - centre)))], None
+
+
+# ----------------------------------------------------------------------------- inputs
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def list_media(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(photos and videos, other files) under `folder`, recursively, sorted; hidden files and
+    folders (names starting with a dot) are ignored."""
+    folder = Path(folder)
+    media, other = [], []
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file() or _hidden(p, folder):
+            continue
+        (media if p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES else other).append(p)
+    return media, other
+
+
+def _is_inside(child: Path, parent: Path) -> bool:
+    try:
+        child.relative_to(parent)
+        return True
+    except ValueError:
+        return False
+
+
+def _gather(inputs: Iterable[Path], out_dir: Path, dropped: dict[str, list[str]]) -> list[Path]:
+    out = out_dir.resolve()
+    files: list[Path] = []
+    for p in map(Path, inputs):
+        if not p.exists():
+            raise UserError(f"{p}: no such file or folder; check the path")
+        rp = p.resolve()
+        if p.is_dir() and _is_inside(out, rp):
+            raise UserError(f"{out_dir}: the output folder is inside the input folder {p}; choose one outside it")
+        if _is_inside(rp, out):
+            raise UserError(f"{p}: an input inside the output folder {out_dir}; choose another output folder")
+        if p.is_dir():
+            media, other = list_media(p)
+            dropped["unsupported"].extend(str(o) for o in other)
+            if not media:
+                dropped["empty_folder"].append(str(p))
+            files.extend(media)
+        else:
+            files.append(p)
+    seen, unique = set(), []
+    for f in files:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique
+
+
+def _names(files: list[Path]) -> dict[Path, str]:
+    """A file-name-safe stem per source: the file's own stem, plus a short hash of its path
+    where two sources share a stem. Stable for the same inputs."""
+    stems = {f: re.sub(r"[^A-Za-z0-9._-]+", "_", f.stem).strip("._") or "face" for f in files}
+    counts: dict[str, int] = {}
+    for s in stems.values():
+        counts[s] = counts.get(s, 0) + 1
+    return {
+        f: s if counts[s] == 1 else f"{s}-{hashlib.sha1(f.as_posix().encode()).hexdigest()[:6]}"
+        for f, s in stems.items()
+    }
+
+
+# ----------------------------------------------------------------------------- the run
+class _Hashes:
+    """The perceptual hashes of the faces kept so far, for near-duplicate checks."""
+
+    def __init__(self) -> None:
+        self._a = np.zeros(256, dtype=np.uint64)
+        self._n = 0
+
+    def near(self, h: int, max_bits: int) -> bool:
+        if not self._n:
+            return False
+        x = np.bitwise_xor(self._a[: self._n], np.uint64(h))
+        bits = np.unpackbits(x.view(np.uint8)).reshape(self._n, 64).sum(axis=1)
+        return bool((bits <= max_bits).any())
+
+    def add(self, h: int) -> None:
+        if self._n == len(self._a):
+            self._a = np.concatenate([self._a, np.zeros_like(self._a)])
+        self._a[self._n] = h
+        self._n += 1
+
+
+def _floats(a: np.ndarray, nd: int = 4) -> list:
+    return np.round(np.asarray(a, dtype=np.float64), nd).tolist()
+
+
+def _remove_previous(out_dir: Path) -> None:
+    """Delete the crops and masks listed in a previous run's manifest (and nothing else)."""
+    manifest = out_dir / MANIFEST
+    if not manifest.is_file():
+        return
+    for line in manifest.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            name = json.loads(line)["crop"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith("."):
+            continue
+        for p in (out_dir / f"{name}.png", out_dir / MASKS / f"{name}.png"):
+            p.unlink(missing_ok=True)
+    manifest.unlink()
+
+
+def _sources(path: Path, cfg: ExtractSettings, max_image_pixels: int, errors: dict[str, str],
+             dropped: dict[str, list[str]], bar) -> Iterator[tuple[int, float | None, np.ndarray, str]]:
+    """(frame index, time or None, rgb, report item) for a photo or each sampled video frame;
+    records unreadable files and videos without frames in `dropped`."""
+    suffix = path.suffix.lower()
+    is_video = suffix in VIDEO_SUFFIXES
+    if not is_video:
+        try:
+            yield 0, None, load_rgb(path, max_image_pixels), str(path)
+            return
+        except BadImage as e:
+            unknown = suffix not in IMAGE_SUFFIXES and "unrecognised format" in str(e)
+            if not unknown:
+                dropped["unreadable"].append(str(path))
+                errors[str(path)] = str(e)
+                return
+    # a video (by extension, or a file of unknown type that is not an image)
+    from tqdm import tqdm
+
+    total = probe_frames(path)
+    n = 0
+    with tqdm(total=(total + cfg.every_nth_frame - 1) // cfg.every_nth_frame if total and cfg.target_fps is None
+              else None, unit="frame", leave=False, disable=bar.disable, desc=path.name) as frames:
+        try:
+            for fr in iter_video_frames(path, cfg.every_nth_frame, cfg.target_fps):
+                n += 1
+                frames.update()
+                yield fr.index, fr.time_s, fr.rgb, f"{path}:{fr.index}"
+        except BadVideo as e:
+            if not is_video and n == 0:
+                dropped["unreadable"].append(str(path))
+                errors[str(path)] = "neither an image nor a video that can be read"
+                return
+            item = str(path) if n == 0 else f"{path}:{fr.index + 1}"
+            dropped[e.reason if n == 0 else "unreadable"].append(item)
+            errors[item] = str(e)
+            return
+    if n == 0:
+        dropped["no_frames"].append(str(path))
+        errors[str(path)] = "the video has no frames"
+
+
+def extract_to_dir(inputs: list[Path], out_dir: Path, cfg: ExtractSettings, face_size: int,
+                   max_image_pixels: int = 40_000_000, progress: bool = True,
+                   allow_empty: bool = False) -> dict:
+    """Detect, align and filter faces from the images, videos and folders in `inputs`.
+
+    Writes out_dir/{name}.png crops (name = f"{source_stem}_{frame:06d}_{k}", k counting the
+    faces kept from that image or frame), out_dir/masks/{name}.png masks (uint8 0/255, same size)
+    and out_dir/manifest.jsonl (one row per kept face). Crops, masks and manifest of a previous
+    run in out_dir are replaced; nothing outside out_dir is written and inputs are only read.
+
+    Returns {"files", "images", "videos", "frames", "kept", "dropped": {reason: ["path[:frame]",
+    ...]} for every reason in DROP_REASONS, "errors": {"path[:frame]": why}}. Photos and frames
+    with no usable face are listed once under no_face / low_confidence / too_small; blurry and
+    duplicate are per face. Raises UserError when no face at all is kept (unless allow_empty)."""
+    from PIL import Image
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    dropped: dict[str, list[str]] = {r: [] for r in DROP_REASONS}
+    errors: dict[str, str] = {}
+    files = _gather(inputs, out_dir, dropped)
+    names = _names(files)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_previous(out_dir)
+    (out_dir / MASKS).mkdir(exist_ok=True)
+
+    hashes = _Hashes()
+    counts = {"images": 0, "videos": 0, "frames": 0}
+    kept = 0
+    last_video = None
+    tmp = out_dir / f"{MANIFEST}.tmp"
+    with tmp.open("w", encoding="utf-8") as manifest, \
+            tqdm(files, unit="file", disable=not progress, desc="extract") as bar:
+        for path in bar:
+            for frame, time_s, rgb, item in _sources(path, cfg, max_image_pixels, errors, dropped, bar):
+                if time_s is None:
+                    counts["images"] += 1
+                else:
+                    counts["frames"] += 1
+                    if last_video != path:
+                        counts["videos"] += 1
+                        last_video = path
+                faces, reason = select_faces(detect(rgb, cfg), rgb.shape, cfg)
+                if reason:
+                    dropped[reason].append(item)
+                for k, face in enumerate(faces):
+                    crop, affine = align(rgb, face.landmarks, face_size)
+                    lm_crop = apply_affine(affine, face.landmarks)
+                    mask = face_mask(lm_crop, face_size)
+                    blur = blur_score(crop, mask)
+                    if blur < cfg.min_blur:
+                        dropped["blurry"].append(item)
+                        continue
+                    h = phash(crop)
+                    if cfg.dedup_hamming and hashes.near(h, cfg.dedup_hamming):
+                        dropped["duplicate"].append(item)
+                        continue
+                    hashes.add(h)
+                    name = f"{names[path]}_{frame:06d}_{k}"
+                    Image.fromarray(crop).save(out_dir / f"{name}.png")
+                    Image.fromarray(mask).save(out_dir / MASKS / f"{name}.png")
+                    manifest.write(json.dumps(_row(name, path, frame, time_s, k, rgb.shape, face,
+                                                   affine, lm_crop, blur, h)) + "\n")
+                    kept += 1
+            bar.set_postfix(kept=kept)
+    tmp.replace(out_dir / MANIFEST)
+
+    report = {"files": len(files), **counts, "kept": kept, "dropped": dropped, "errors": errors}
+    if kept == 0 and not allow_empty:
+        raise UserError(_nothing_usable(inputs, report))
+    return report
+
+
+def _row(name: str, path: Path, frame: int, time_s: float | None, k: int, shape: tuple[int, ...],
+         face: Face, affine: np.ndarray, lm_crop: np.ndarray, blur: float, h: int) -> dict:
+    """One manifest row. `affine` maps source pixel coordinates (of the upright, full-resolution
+    photo or frame, `source_size` = [width, height]) to crop pixel coordinates; invert it to paste
+    the crop back. Pixel centres sit on integer coordinates."""
+    return {
+        "crop": name,
+        "source": path.as_posix(),
+        "kind": "image" if time_s is None else "video",
+        "frame": frame,
+        "time_s": None if time_s is None else round(time_s, 6),
+        "face_index": k,
+        "source_size": [int(shape[1]), int(shape[0])],
+        "box": _floats(face.box, 2),
+        "affine": _floats(affine, 8),
+        "landmarks_source": _floats(face.landmarks),
+        "landmarks_crop": _floats(lm_crop),
+        "confidence": round(face.confidence, 6),
+        "blur": round(blur, 3),
+        "phash": f"{h:016x}",
+    }
+
+
+def _nothing_usable(inputs: list[Path], report: dict) -> str:
+    where = ", ".join(str(p) for p in inputs) or "(no inputs)"
+    reasons = ", ".join(f"{len(v)} {k}" for k, v in report["dropped"].items() if v)
+    if report["files"] == 0:
+        return f"{where}: no photos or videos found; add some (jpg, png, mp4, mov, ...)"
+    return (f"{where}: no usable face in {report['files']} file(s) ({reasons}); add photos or videos "
+            f"where the face is clear, or relax extract.min_confidence / extract.min_face_size in params.yaml")

@@ -1,0 +1,95 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from autoswap import config
+from autoswap.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path, text):
+    p = tmp_path / "params.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_project_params_and_seed_preset_validate():
+    demo = config.load(ROOT / "params.yaml")
+    seed = config.load(ROOT / "params" / "seed.yaml")
+    assert demo.data.source == "synthetic"
+    # the preset is the seed's recipe
+    assert seed.model.width == 1.0 and seed.model.input_size == 64
+    assert seed.train.steps == 65_000 and seed.train.learning_rate == 5e-5 and seed.train.beta_1 == 0.5
+    assert seed.train.warp.stddev * seed.data.face_size == pytest.approx(2.5)
+
+
+def test_yaml11_exponent_spellings_are_the_same_float(tmp_path):
+    a = config.load(write(tmp_path, "train:\n  learning_rate: 1e-4\n"))
+    b = config.load(write(tmp_path, "train:\n  learning_rate: 1.0e-4\n"))
+    assert isinstance(yaml.safe_load("x: 1e-4")["x"], str)  # the trap itself
+    assert a.train.learning_rate == b.train.learning_rate == 1e-4
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("train:\n  learning_rte: 0.1\n", "train.learning_rte"),  # typo, nested
+        ("train:\n  warp:\n    stdev: 0.1\n", "train.warp.stdev"),  # typo, two levels down
+        ("extra_section: 1\n", "extra_section"),
+        ("train:\n  learning_rate: -1.0\n", "train.learning_rate"),
+        ("train:\n  steps: 0\n", "train.steps"),
+        ("train:\n  batch_size: abc\n", "train.batch_size"),
+        ("model:\n  input_size: 60\n", "model.input_size"),
+        ("data:\n  face_size: 100\n", "data.face_size"),
+        ("train:\n  warp:\n    schedule: sometimes\n", "train.warp.schedule"),
+    ],
+)
+def test_bad_values_name_the_key_and_file(tmp_path, text, key):
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        config.load(p)
+    msg = str(e.value)
+    assert key in msg and str(p) in msg and "\n" not in msg
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        config.load(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML at line [0-9]"):
+        config.load(write(tmp_path, "train:\n  steps: [1, 2\n"))
+    with pytest.raises(ConfigError, match="mapping"):
+        config.load(write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_settings_are_frozen_and_ignore_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEED", "99")
+    s = config.load(write(tmp_path, "seed: 1\n"))
+    assert s.seed == 1
+    with pytest.raises(Exception):
+        s.seed = 2  # type: ignore[misc]
+
+
+def test_off_after_needs_a_step(tmp_path):
+    with pytest.raises(ConfigError, match="off_after"):
+        config.load(write(tmp_path, "train:\n  warp:\n    schedule: off_after\n"))
+
+
+def test_flatten_gives_dotted_keys():
+    flat = config.flatten(config.Settings())
+    assert flat["train.warp.stddev"] == pytest.approx(2.5 / 128)
+    assert flat["model.encoder_filters"] == [128, 256, 512, 1024]
+
+
+def test_cli_reports_config_error_in_one_line_exit_2(tmp_path):
+    p = write(tmp_path, "train:\n  learning_rte: 0.1\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "autoswap.cli", "--params", str(p), "train"], capture_output=True, text=True
+    )
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("autoswap:")]
+    assert len(lines) == 1 and "train.learning_rte" in lines[0]
