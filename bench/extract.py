@@ -86,12 +86,12 @@ def main() -> None:
 
         video = tmp / "clip.mp4"
         write_video(video, base[1], args.frames, (640, 360))
-        for nth in (1, cfg.every_nth_frame):
-            vcfg = cfg.model_copy(update={"every_nth_frame": nth})
+        for nth, track in ((1, True), (1, False), (cfg.every_nth_frame, True)):
+            vcfg = cfg.model_copy(update={"every_nth_frame": nth, "track": track})
             t = time.perf_counter()
-            rep = extract_to_dir([video], tmp / f"out_video_{nth}", vcfg, 128, progress=False)
+            rep = extract_to_dir([video], tmp / f"out_video_{nth}_{track}", vcfg, 128, progress=False)
             dt = time.perf_counter() - t
-            results[f"video_640x360_every_{nth}"] = {
+            results[f"video_640x360_every_{nth}" + ("" if track else "_no_tracking")] = {
                 "video_frames": args.frames, "searched_frames": rep["frames"], "faces": rep["kept"],
                 "seconds": round(dt, 2), "searched_frames_per_s": round(rep["frames"] / dt, 2),
                 "video_frames_per_s": round(args.frames / dt, 2),

@@ -75,6 +75,10 @@ class ExtractSettings(_Section):
     detect_size: int = Field(640, ge=64, description="longest side at which frames are searched")
     min_blur: float = Field(0.0, ge=0, description="variance of the Laplacian below which a crop is dropped")
     dedup_hamming: int = Field(0, ge=0, le=64, description="perceptual-hash distance; 0 keeps all")
+    # videos, keep=largest/central: search around the previous searched frame's face, and the
+    # whole frame only where the face is lost or every full_search_every searched frames
+    track: bool = True
+    full_search_every: int = Field(10, ge=1, description="searched frames between whole-frame searches")
 
 
 # ----------------------------------------------------------------------------- model

@@ -418,7 +418,7 @@ def _shape(person: str) -> _Shape:
         ya, aa2 = ya.ravel(), aa2.ravel()
         deg = np.degrees(np.abs(aa2))
         top = np.interp(deg, [0, 22, 92], [ident.nose_y + 0.1, ident.nose_y + 0.1, 0.04])
-        mid = (deg <= 24) & (ya >= ident.nose_y + 0.1)
+        mid = ((deg <= 24) & (ya >= ident.nose_y + 0.1)) | (ya >= 0.85)
         for sel in (mid, (aa2 < -math.radians(20)) & (ya >= top), (aa2 > math.radians(20)) & (ya >= top)):
             pts = _surface(ident, ya[sel], aa2[sel])
             pts[:, 2] += 0.01
@@ -521,7 +521,7 @@ class _Painter:
     def poly(self, flat: list[float], fill: RGB, shaded: bool | None = None) -> None:
         if len(flat) < 6:
             return
-        self.draw.polygon(flat, fill=fill)
+        self.draw.polygon(flat, fill=(*fill, 255))
         if shaded is not None:
             self.mask.polygon(flat, fill=255 if shaded else 0)
 
@@ -530,7 +530,7 @@ class _Painter:
 
     def surface_line(self, pts3: np.ndarray, fill: RGB, width: float) -> None:
         w = max(1, int(round(width * self.cam.px)))
-        self.draw.line(_flat(self.cam.project(pts3)), fill=fill, width=w, joint="curve")
+        self.draw.line(_flat(self.cam.project(pts3)), fill=(*fill, 255), width=w, joint="curve")
 
     def ellipse(self, cx, cy, rx, ry, dz, fill: RGB, n: int = 16) -> None:
         t = np.linspace(0, 2 * math.pi, n, endpoint=False)
@@ -688,7 +688,8 @@ def render(person: str, cond: Conditions, size: int) -> np.ndarray:
     shape = _shape(person)
     k = _supersample(size)
     canvas = size * k
-    img = Image.new("RGBA", (canvas, canvas), (0, 0, 0, 0))
+    # premultiplied RGBA: the box reduction then gives coverage-weighted colour sums directly
+    img = Image.new("RGBa", (canvas, canvas), (0, 0, 0, 0))
     cam = _Camera(cond, canvas)
     p = _Painter(img, cam)
     skin = ident.skin
@@ -726,13 +727,12 @@ def render(person: str, cond: Conditions, size: int) -> np.ndarray:
     if ident.long_hair:
         _draw_fringe(p, ident, cond)
 
-    # PIL reduces RGBA with alpha weighting: colour is the mean of the covered samples, alpha the coverage
     fg = np.asarray(img.reduce(k), dtype=np.float32)
     alpha = fg[..., 3:] / 255.0
     mask = np.asarray(p.mask_img.reduce(k), dtype=np.float32)[..., None] / 255.0
     lit = np.clip(mask / np.maximum(alpha, 1e-3), 0, 1)
     shade = _shading(cond, size)[..., None]
-    out = _background(cond, size) * (1 - alpha) + fg[..., :3] * alpha * (1 + lit * (shade - 1))
+    out = _background(cond, size) * (1 - alpha) + fg[..., :3] * (1 + lit * (shade - 1))
     w = cond.warmth
     tint = np.array([1 + 0.1 * w, 1 + 0.01 * w, 1 - 0.12 * w], dtype=np.float32)
     out = out * (cond.brightness * tint)

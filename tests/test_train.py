@@ -1,0 +1,151 @@
+import json
+
+import mlflow
+import numpy as np
+import pytest
+from conftest import tiny_raw
+from PIL import Image
+
+from autoswap import train as T
+from autoswap.config import parse
+from autoswap.errors import UserError
+
+
+def random_faces(root, size=64, n_train=10, n_val=3, seed=0):
+    rng = np.random.default_rng(seed)
+    for side in "ab":
+        for split, n in (("train", n_train), ("val", n_val)):
+            d = root / side / split
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                # smooth blobs, not white noise, so a tiny net can learn something
+                base = rng.random((8, 8, 3)) * 255
+                img = Image.fromarray(base.astype(np.uint8)).resize((size, size), Image.Resampling.BICUBIC)
+                img.save(d / f"{i:03d}.png")
+
+
+def run(tmp_path, **over):
+    s = parse(tiny_raw(tmp_path, **over))
+    return s, T.train(s, metrics_dir=tmp_path / "metrics", plots_dir=tmp_path / "plots")
+
+
+def weights(tmp_path):
+    from autoswap.model import load_final
+
+    enc, da, db, meta = load_final(tmp_path / "models" / "final")
+    return [w.numpy() for m in (enc, da, db) for w in m.weights], meta
+
+
+@pytest.fixture
+def faces(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faces")
+    random_faces(root)
+    return root
+
+
+def test_training_is_deterministic_and_logged(tmp_path, faces, mlflow_store):
+    a, b = tmp_path / "a", tmp_path / "b"
+    _, ra = run(a, data={"faces_dir": str(faces)})
+    _, rb = run(b, data={"faces_dir": str(faces)})
+    wa, meta = weights(a)
+    wb, _ = weights(b)
+    assert len(wa) == len(wb) > 0
+    for x, y in zip(wa, wb, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert ra == rb and np.isfinite(ra["loss_a"])
+    # the MLflow run: params, per-step metrics, previews and weights
+    client = mlflow.MlflowClient()
+    run_ = client.get_run(meta["mlflow_run_id"])
+    assert run_.info.status == "FINISHED"
+    assert run_.data.params["train.learning_rate"] == "0.001"
+    steps = [m.step for m in client.get_metric_history(run_.info.run_id, "loss_a")]
+    assert steps == [2, 3, 4, 6]  # every log_every, plus save points and the end
+    for key in ("learning_rate", "warp_stddev", "images_per_s", "loss_b"):
+        assert key in run_.data.metrics
+    arts = [f.path for f in client.list_artifacts(run_.info.run_id, "weights")]
+    assert {"weights/encoder.weights.h5", "weights/decoder_a.weights.h5", "weights/model.json"} <= set(arts)
+    previews = [f.path for f in client.list_artifacts(run_.info.run_id, "previews")]
+    assert "previews/step_000006.png" in previews
+    # DVC metrics and plots files
+    assert json.loads((a / "metrics" / "train.json").read_text())["steps"] == 6
+    assert (a / "plots" / "loss.csv").read_text().splitlines()[0] == "step,loss_a,loss_b,learning_rate,warp_stddev"
+
+
+def test_resume_after_interruption_matches_uninterrupted(tmp_path, faces, mlflow_store, monkeypatch):
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    run(ref, data={"faces_dir": str(faces)})
+
+    real_update = T.Progress.update
+
+    def crash_at_4(self, step, n, info):
+        real_update(self, step, n, info)
+        if step >= 4:
+            raise KeyboardInterrupt  # after the step-3 checkpoint, before the step-6 one
+
+    monkeypatch.setattr(T.Progress, "update", crash_at_4)
+    with pytest.raises(KeyboardInterrupt):
+        run(cut, data={"faces_dir": str(faces)})
+    assert not (cut / "models" / "final").exists()
+    state = json.loads((cut / "models" / "checkpoints" / "state.json").read_text())
+    assert mlflow.MlflowClient().get_run(state["run_id"]).info.status == "KILLED"
+    monkeypatch.setattr(T.Progress, "update", real_update)
+    run(cut, data={"faces_dir": str(faces)})
+
+    w_ref, _ = weights(ref)
+    w_cut, meta = weights(cut)
+    for x, y in zip(w_ref, w_cut, strict=True):
+        np.testing.assert_array_equal(x, y)  # bit-identical on the same machine
+    assert (ref / "plots" / "loss.csv").read_text() == (cut / "plots" / "loss.csv").read_text()
+    assert meta["mlflow_run_id"] == state["run_id"]  # the same MLflow run continued
+    assert mlflow.MlflowClient().get_run(state["run_id"]).info.status == "FINISHED"
+
+
+def test_changed_settings_start_afresh(tmp_path, faces, mlflow_store):
+    run(tmp_path, data={"faces_dir": str(faces)})
+    first = json.loads((tmp_path / "models" / "checkpoints" / "state.json").read_text())
+    run(tmp_path, data={"faces_dir": str(faces)}, train={"learning_rate": 2.0e-3})
+    second = json.loads((tmp_path / "models" / "checkpoints" / "state.json").read_text())
+    assert first["fingerprint"] != second["fingerprint"] and first["run_id"] != second["run_id"]
+    assert (tmp_path / "models" / f"checkpoints.stale-{first['fingerprint']}").is_dir()
+
+
+def test_checkpoints_keep_last_and_backups(tmp_path, faces, mlflow_store):
+    run(tmp_path, data={"faces_dir": str(faces)}, train={"steps": 12, "keep_last": 2})
+    ck = tmp_path / "models" / "checkpoints"
+    kept = sorted(p.name.split(".")[0] for p in ck.glob("ckpt-*.index"))
+    assert kept == ["ckpt-12", "ckpt-9"]
+    assert sorted(p.name.split(".")[0] for p in (ck / "backups").glob("*.index")) == ["backup-12", "backup-6"]
+
+
+def test_lr_schedules():
+    from autoswap.config import LRScheduleSettings
+
+    cos = T.LRSchedule(LRScheduleSettings(kind="cosine", min_ratio=0.1), 1e-3, 101)
+    assert float(cos(0)) == pytest.approx(1e-3) and float(cos(100)) == pytest.approx(1e-4)
+    assert float(cos(50)) == pytest.approx(0.55e-3, rel=1e-4)
+    step = T.LRSchedule(LRScheduleSettings(kind="step", step_every=10, step_gamma=0.5), 1e-3, 100)
+    assert float(step(9)) == pytest.approx(1e-3) and float(step(10)) == pytest.approx(5e-4)
+    warm = T.LRSchedule(LRScheduleSettings(warmup_steps=4), 1e-3, 100)
+    assert float(warm(0)) == pytest.approx(2.5e-4) and float(warm(10)) == pytest.approx(1e-3)
+
+
+def test_too_few_faces_is_a_clear_error(tmp_path, mlflow_store):
+    random_faces(tmp_path / "f", n_train=1)
+    with pytest.raises(UserError, match=r"person A, need at least 2"):
+        run(tmp_path, data={"faces_dir": str(tmp_path / "f")})
+
+
+def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path, faces, mlflow_store, monkeypatch):
+    import keras
+    import tensorflow as tf
+
+    class NaNLoss(keras.losses.Loss):
+        def call(self, y_true, y_pred):
+            return tf.reduce_mean(tf.abs(y_true - y_pred)) * tf.constant(float("nan"))
+
+    monkeypatch.setattr(keras.losses, "MeanAbsoluteError", NaNLoss)
+    with pytest.raises(UserError, match="loss became nan by step 2; lower train.learning_rate"):
+        run(tmp_path, data={"faces_dir": str(faces)})
+    state = json.loads((tmp_path / "models" / "checkpoints" / "state.json").read_text())
+    assert mlflow.MlflowClient().get_run(state["run_id"]).info.status == "FAILED"
+    assert not list((tmp_path / "models" / "checkpoints").glob("ckpt-*.index"))  # no NaN checkpoint
