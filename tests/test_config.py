@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from autoswap import config
 from autoswap.errors import ConfigError
@@ -69,7 +70,7 @@ def test_settings_are_frozen_and_ignore_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("SEED", "99")
     s = config.load(write(tmp_path, "seed: 1\n"))
     assert s.seed == 1
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         s.seed = 2  # type: ignore[misc]
 
 
