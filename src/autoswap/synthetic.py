@@ -46,7 +46,8 @@ EYE_Y = (0.40 - PIVOT_Y) / UNIT
 MOUTH_Y = (0.68 - PIVOT_Y) / UNIT
 _CHEEK_Y = -0.1  # widest level of the face
 _LIGHT_ELEVATION = math.radians(50)  # angle between the light and the view axis
-_HULL_DIRS = 128
+_HULL_ANGLES = np.linspace(0, 2 * math.pi, 128, endpoint=False)
+_HULL_DIRS = np.stack([np.cos(_HULL_ANGLES), np.sin(_HULL_ANGLES)])  # support directions of `_hull`
 
 _FILENAME = re.compile(r"^\d{5}\.png$")
 
@@ -131,7 +132,16 @@ IDENTITIES: dict[str, Identity] = {
         crown_y=-1.58,
         depth=0.92,
         front_power=2.5,
-        hairline=((0, -0.93), (30, -0.9), (55, -0.74), (70, -0.6), (78, 0.02), (95, 0.06), (130, 0.35), (180, 0.45)),
+        hairline=(
+            (0, -0.93),
+            (30, -0.9),
+            (55, -0.74),
+            (70, -0.6),
+            (78, 0.02),
+            (95, 0.06),
+            (130, 0.35),
+            (180, 0.45),
+        ),
         hair_thickness=0.06,
         hair_volume=0.10,
         long_hair=False,
@@ -382,12 +392,13 @@ def _shape(person: str) -> _Shape:
     front = np.abs(aa) <= math.radians(92)
     skin_sel = front & (yy > _hairline(ident, aa))
     fa = np.abs(alphas) <= math.radians(92)
-    skin = np.concatenate([_surface(ident, yy[skin_sel], aa[skin_sel]), _surface(ident, line[ok & fa], alphas[ok & fa])])
+    skin = np.concatenate(
+        [_surface(ident, yy[skin_sel], aa[skin_sel]), _surface(ident, line[ok & fa], alphas[ok & fa])]
+    )
 
     # hair: the head above the hairline (and down to the nape behind), pushed out by its thickness
     hair_sel = (yy < _hairline(ident, aa)) & ((np.abs(aa) <= math.pi / 2) | (yy < 0.45))
     raw = np.concatenate([_surface(ident, yy[hair_sel], aa[hair_sel]), _surface(ident, line[ok], alphas[ok])])
-    raw = raw[raw[:, 1] < np.maximum(0.45, ident.chin_y)]
     centre = np.array([0.0, -0.25, 0.0])
     d = raw - centre
     norm = np.linalg.norm(d, axis=1, keepdims=True)
@@ -430,7 +441,12 @@ def _shape(person: str) -> _Shape:
     neck_top = ring + np.array([0.0, 0.8, 0.0])
     neck_bottom = ring * np.array([1.1, 1, 1]) + np.array([0.0, 1.75, 0.0])
     return _Shape(
-        _outer(hair), tuple(_outer(c) for c in curtains), _outer(skin), tuple(_outer(b) for b in beard), neck_top, neck_bottom
+        _outer(hair),
+        tuple(_outer(c) for c in curtains),
+        _outer(skin),
+        tuple(_outer(b) for b in beard),
+        neck_top,
+        neck_bottom,
     )
 
 
@@ -446,9 +462,7 @@ def _jaw_drop(pts: np.ndarray, cond: Conditions) -> np.ndarray:
 
 def _hull(pts: np.ndarray) -> list[float]:
     """Convex hull of 2D points as a flat [x0, y0, x1, y1, ...] list, from support points."""
-    ang = np.linspace(0, 2 * math.pi, _HULL_DIRS, endpoint=False)
-    dirs = np.stack([np.cos(ang), np.sin(ang)])
-    idx = np.argmax(pts @ dirs, axis=0)
+    idx = np.argmax(pts @ _HULL_DIRS, axis=0)
     keep = np.r_[True, idx[1:] != idx[:-1]]
     idx = idx[keep]
     if len(idx) > 1 and idx[0] == idx[-1]:
@@ -537,7 +551,7 @@ class _Painter:
         self.surface_poly(_lift(cx + rx * np.cos(t), cy + ry * np.sin(t), dz), fill)
 
 
-def _draw_ear(p: _Painter, ident: Identity, cond: Conditions, side: float, skin: RGB) -> None:
+def _draw_ear(p: _Painter, ident: Identity, side: float, skin: RGB) -> None:
     y0 = -0.14
     w, _, _, _ = _profile(ident, np.array([y0]))
     base = np.array([side * w[0] * 0.97, y0, -0.08])
@@ -576,15 +590,18 @@ def _draw_eye(p: _Painter, ident: Identity, cond: Conditions, side: float, skin:
     # upper lid / lashes; a closed eye is a lower, flatter curve
     lid = upper if opening > 0.012 else EYE_Y + 0.2 * ident.eye_h * (1 - np.linspace(-1, 1, len(x)) ** 2)
     lash = _lift(x, lid, dz + 0.005)
-    if ident.lash > 0.03:  # a flick at the outer corner
-        flick = _lift(x[-1] * (1 if side > 0 else 0) + x[0] * (0 if side > 0 else 1) + side * 0.05, lid[0] - 0.04, dz)
-        lash = np.concatenate([lash, flick[None]]) if side > 0 else np.concatenate([flick[None], lash])
+    if ident.lash > 0.03:  # long lashes: a flick up and out at the outer corner
+        outer = -1 if side > 0 else 0
+        flick = _lift(x[outer] + side * 0.05, lid[outer] - 0.04, dz)[None]
+        lash = np.concatenate([lash, flick]) if side > 0 else np.concatenate([flick, lash])
     p.surface_line(lash, (24, 16, 14), ident.lash)
     # a crease above the eye
     crease_y = EYE_Y - ident.eye_h * 1.45 - 0.01
     t = np.linspace(-0.8, 0.8, 9)
     p.surface_line(
-        _lift(side * EYE_X + t * ident.eye_w, crease_y + 0.35 * ident.eye_h * t**2, dz), _shade_rgb(skin, 0.85), 0.012
+        _lift(side * EYE_X + t * ident.eye_w, crease_y + 0.35 * ident.eye_h * t**2, dz),
+        _shade_rgb(skin, 0.85),
+        0.012,
     )
 
 
@@ -619,10 +636,13 @@ def _draw_nose(p: _Painter, ident: Identity, cond: Conditions, skin: RGB) -> Non
     rx = side * (0.045 + 0.35 * w * np.clip((ry - ty + 0.2) / 0.2, 0, 1))
     p.surface_line(_lift(rx, ry, bulge(rx, ry)), _shade_rgb(skin, 0.84), 0.016)
     # tip and nostrils
-    p.surface_poly(_lift(0.5 * w * np.cos(t), ty + 0.01 + 0.045 * np.sin(t), prot * 0.95), _shade_rgb(skin, 1.03))
+    p.surface_poly(
+        _lift(0.5 * w * np.cos(t), ty + 0.01 + 0.045 * np.sin(t), prot * 0.95), _shade_rgb(skin, 1.03)
+    )
     for s in (-1.0, 1.0):
         p.surface_poly(
-            _lift(s * 0.45 * w + 0.032 * np.cos(t), ty + 0.055 + 0.015 * np.sin(t), prot * 0.45), _shade_rgb(skin, 0.45)
+            _lift(s * 0.45 * w + 0.032 * np.cos(t), ty + 0.055 + 0.015 * np.sin(t), prot * 0.45),
+            _shade_rgb(skin, 0.45),
         )
 
 
@@ -632,16 +652,29 @@ def _draw_mouth(p: _Painter, ident: Identity, cond: Conditions) -> None:
     if cond.mouth_open > 0.03:
         p.surface_poly(_lift(np.r_[x, x[::-1]], np.r_[upper_in, lower_in[::-1]], dz - 0.01), (70, 18, 22))
         teeth = np.minimum(upper_in + 0.055 * (1 - (x / x[-1]) ** 2) ** 0.5, lower_in)
-        p.surface_poly(_lift(np.r_[x[1:-1], x[-2:0:-1]], np.r_[upper_in[1:-1], teeth[-2:0:-1]], dz - 0.005), (236, 232, 222))
+        p.surface_poly(
+            _lift(np.r_[x[1:-1], x[-2:0:-1]], np.r_[upper_in[1:-1], teeth[-2:0:-1]], dz - 0.005),
+            (236, 232, 222),
+        )
     lips = ident.lips
     p.surface_poly(_lift(np.r_[x, x[::-1]], np.r_[upper_out, upper_in[::-1]], dz), _shade_rgb(lips, 0.88))
     p.surface_poly(_lift(np.r_[x, x[::-1]], np.r_[lower_in, lower_out[::-1]], dz), lips)
     mid = len(x) // 2
     p.surface_poly(
-        _lift(x[mid - 3 : mid + 4] * 0.6, lower_in[mid] + 0.35 * (lower_out[mid] - lower_in[mid]) + 0.008 * np.cos(np.linspace(-1.5, 1.5, 7)), dz),
+        _lift(
+            x[mid - 3 : mid + 4] * 0.6,
+            lower_in[mid]
+            + 0.35 * (lower_out[mid] - lower_in[mid])
+            + 0.008 * np.cos(np.linspace(-1.5, 1.5, 7)),
+            dz,
+        ),
         _shade_rgb(lips, 1.12),
     )
-    p.surface_line(_lift(x, 0.5 * (upper_in + lower_in) if cond.mouth_open <= 0.03 else upper_in, dz + 0.002), _shade_rgb(lips, 0.5), 0.012)
+    p.surface_line(
+        _lift(x, 0.5 * (upper_in + lower_in) if cond.mouth_open <= 0.03 else upper_in, dz + 0.002),
+        _shade_rgb(lips, 0.5),
+        0.012,
+    )
 
 
 # ----------------------------------------------------------------------------- image
@@ -697,9 +730,11 @@ def render(person: str, cond: Conditions, size: int) -> np.ndarray:
 
     # back to front: hair mass, neck, clothes, hair over the shoulders, far ear, face, near ear
     p.poly(_hull(cam.project(shape.hair)), hair, shaded=True)
-    neck = np.concatenate([cam.project(_jaw_drop(shape.neck_top, cond)), cam.project(shape.neck_bottom, body=True)])
+    neck = np.concatenate(
+        [cam.project(_jaw_drop(shape.neck_top, cond)), cam.project(shape.neck_bottom, body=True)]
+    )
     p.poly(_hull(neck), _shade_rgb(skin, 0.86), shaded=True)
-    _draw_shirt(p, ident, cond)
+    _draw_shirt(p, ident)
     for curtain in shape.curtains:
         p.poly(_hull(cam.project(curtain)), hair, shaded=True)
     ears = []
@@ -709,23 +744,25 @@ def render(person: str, cond: Conditions, size: int) -> np.ndarray:
             ears.append((facing, side))
         for facing, side in ears:
             if facing < 0:
-                _draw_ear(p, ident, cond, side, skin)
+                _draw_ear(p, ident, side, skin)
     p.poly(_hull(cam.project(_jaw_drop(shape.skin, cond))), skin, shaded=True)
     for piece in shape.beard:
         p.poly(_hull(cam.project(_jaw_drop(piece, cond))), ident.beard)  # type: ignore[arg-type]
     for facing, side in ears:
         if facing >= 0:
-            _draw_ear(p, ident, cond, side, skin)
+            _draw_ear(p, ident, side, skin)
     if ident.blush > 0:
         for side in (-1.0, 1.0):
-            p.ellipse(side * (EYE_X + 0.08), 0.22, 0.15, 0.08, 0.0, _mix(skin, (235, 120, 120), 0.22 * ident.blush))
+            p.ellipse(
+                side * (EYE_X + 0.08), 0.22, 0.15, 0.08, 0.0, _mix(skin, (235, 120, 120), 0.22 * ident.blush)
+            )
     for side in (-1.0, 1.0):
         _draw_eye(p, ident, cond, side, skin)
         _draw_brow(p, ident, cond, side)
     _draw_nose(p, ident, cond, skin)
     _draw_mouth(p, ident, cond)
     if ident.long_hair:
-        _draw_fringe(p, ident, cond)
+        _draw_fringe(p, ident)
 
     fg = np.asarray(img.reduce(k), dtype=np.float32)
     alpha = fg[..., 3:] / 255.0
@@ -739,19 +776,21 @@ def render(person: str, cond: Conditions, size: int) -> np.ndarray:
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
-def _draw_shirt(p: _Painter, ident: Identity, cond: Conditions) -> None:
+def _draw_shirt(p: _Painter, ident: Identity) -> None:
     t = np.linspace(0, 1, 9)
     xs = 0.55 + 1.5 * np.sin(t * math.pi / 2)
     ys = 1.55 + 0.45 * (1 - np.cos(t * math.pi / 2)) ** 1.2
     right = np.stack([xs, ys, np.zeros_like(t)], axis=-1)
     left = right * np.array([-1, 1, 1])
-    collar = np.stack([np.linspace(0.55, -0.55, 7), 1.62 + 0.12 * np.sin(np.linspace(0, math.pi, 7)), np.zeros(7)], axis=-1)
+    collar = np.stack(
+        [np.linspace(0.55, -0.55, 7), 1.62 + 0.12 * np.sin(np.linspace(0, math.pi, 7)), np.zeros(7)], axis=-1
+    )
     bottom = np.array([[-2.3, 2.6, 0.0], [2.3, 2.6, 0.0]])
     pts = np.concatenate([collar, left, bottom, right[::-1]])
     p.poly(_flat(p.cam.project(pts, body=True)), ident.shirt, shaded=False)
 
 
-def _draw_fringe(p: _Painter, ident: Identity, cond: Conditions) -> None:
+def _draw_fringe(p: _Painter, ident: Identity) -> None:
     """Strands on the fringe of long hair: a few darker curves from the parting down."""
     dark = _shade_rgb(ident.hair, 0.78)
     for x0 in (-0.55, -0.3, -0.05, 0.2, 0.45):

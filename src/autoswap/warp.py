@@ -226,7 +226,7 @@ def sparse_image_warp(
     flows = dest - source  # (B, N, 2), the flow is fitted at the destination points
     b, h, w = _dim(image, 0), _dim(image, 1), _dim(image, 2)
 
-    if num_boundary_points > 0:
+    if num_boundary_points > 99:
         edge = _boundary_points(h, w, num_boundary_points)  # (E, 2)
         edge = tf.tile(edge[None], [b, 1, 1])  # (B, E, 2)
         dest = tf.concat([dest, edge], axis=1)  # (B, N+E, 2)

@@ -1,0 +1,93 @@
+"""The whole pipeline through DVC on a tiny config: `dvc repro`, a no-op second `dvc repro`,
+and an experiment that changes the learning rate (train, evaluate, preview rerun; prepare not)."""
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from conftest import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def sh(cmd, cwd, env):
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, shell=True, timeout=900)
+    assert r.returncode == 0, f"{cmd} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r.stdout + r.stderr
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    d = tmp_path_factory.mktemp("proj")
+    shutil.copytree(ROOT / "src", d / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copy(ROOT / "dvc.yaml", d)
+    for side in "ab":
+        (d / "data" / "raw" / side).mkdir(parents=True)
+        (d / "data" / "raw" / side / ".gitkeep").touch()
+    # DVC wants every key a stage lists in params.yaml: the project's file with TINY merged in
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+    def merge(dst, src):
+        for k, v in src.items():
+            if isinstance(v, dict):
+                merge(dst.setdefault(k, {}), v)
+            else:
+                dst[k] = v
+
+    merge(params, copy.deepcopy(TINY))
+    (d / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "test"
+    env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "test@example.com"
+    sh("git init -q && dvc init -q && dvc config core.analytics false", d, env)
+    sh("printf '/mlruns/\\n' > .gitignore && git add -A && git commit -qm base", d, env)
+    return d, env
+
+
+def test_dvc_repro_end_to_end(project):
+    d, env = project
+    out = sh("dvc repro", d, env)
+    for stage in ("prepare", "train", "evaluate", "preview"):
+        assert f"Running stage '{stage}'" in out
+    # DVC outputs
+    assert len(list((d / "data/faces/a/train").glob("*.png"))) == 24
+    assert len(list((d / "data/faces/b/val_gt").glob("*.png"))) == 4
+    ev = json.loads((d / "metrics/eval.json").read_text())
+    assert {"recon_mae", "recon_psnr", "recon_ssim", "swap_mae", "identity_swap_mae", "cycle_mae"} <= set(ev["a"])
+    assert (d / "previews/swap_grid.png").stat().st_size > 1000 and (d / "previews/loss.png").is_file()
+    lock = yaml.safe_load((d / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"prepare", "train", "evaluate", "preview"}
+    # the MLflow run in the project's own store: metrics, preview artifact, weights
+    meta = json.loads((d / "models/final/model.json").read_text())
+    client = mlflow.MlflowClient(f"sqlite:///{d / 'mlruns' / 'mlflow.db'}")
+    run = client.get_run(meta["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["eval.a.swap_mae"] == pytest.approx(ev["a"]["swap_mae"])
+    assert "loss_a" in run.data.metrics and run.data.params["train.steps"] == "6"
+    arts = {a.path for p in ("", "previews", "weights", "plots") for a in client.list_artifacts(run.info.run_id, p)}
+    assert {"previews/swap_grid.png", "weights/encoder.weights.h5", "plots/loss.png"} <= arts
+    assert (d / "mlruns/artifacts").is_dir()
+
+    # nothing changed: nothing runs
+    again = sh("dvc repro", d, env)
+    assert "Running stage" not in again
+
+    # an experiment on the learning rate reruns train and what follows, not prepare
+    sh("git add -A && git commit -qm repro", d, env)
+    exp = sh("dvc exp run -n lr2e3 -S train.learning_rate=2.0e-3", d, env)
+    assert "Running stage 'train'" in exp and "Running stage 'prepare'" not in exp
+    shown = sh("dvc exp show --json", d, env)
+    assert "lr2e3" in shown
+    runs = client.search_runs([run.info.experiment_id])
+    assert len(runs) == 2
+    tagged = [r for r in runs if r.data.tags.get("dvc.exp_name") == "lr2e3"]
+    assert len(tagged) == 1 and tagged[0].data.params["train.learning_rate"] == "0.002"
