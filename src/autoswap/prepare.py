@@ -155,7 +155,8 @@ def prepare(settings: Settings, metrics_dir: Path = Path("metrics")) -> dict:
         shutil.rmtree(out, ignore_errors=True)
         counts = generate(d.synthetic, d.face_size, settings.seed, out)
         for side in ("a", "b"):
-            report["persons"][side] = {"kept": sum(counts[side].values()), **counts[side], "dropped": {}}
+            c = counts[side]
+            report["persons"][side] = {"kept": c["train"] + c["val"], **c, "dropped": {}}
     else:
         _check_paths(settings)
         shutil.rmtree(out, ignore_errors=True)

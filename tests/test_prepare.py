@@ -1,0 +1,96 @@
+import hashlib
+import json
+
+import numpy as np
+import pytest
+from conftest import tiny_raw
+from PIL import Image
+
+from autoswap.config import parse
+from autoswap.errors import UserError
+from autoswap.prepare import prepare
+
+
+def tree_digest(folder):
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
+
+
+def make_raw(root, n=10, seed=0):
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        a = (rng.random((80, 80, 3)) * 255).astype(np.uint8)
+        Image.fromarray(a).save(root / f"face{i:02d}.jpg", quality=90)
+
+
+def settings(tmp_path, **data):
+    raw = tiny_raw(tmp_path, data={"source": "folders", "aligned": True, "dir_a": str(tmp_path / "raw/a"),
+                                   "dir_b": str(tmp_path / "raw/b"), "min_faces": 4, **data})
+    return parse(raw)
+
+
+def test_aligned_folders_skip_bad_files_and_never_touch_raw(tmp_path):
+    make_raw(tmp_path / "raw/a", 10)
+    make_raw(tmp_path / "raw/b", 10, seed=1)
+    a = tmp_path / "raw/a"
+    good = (a / "face00.jpg").read_bytes()
+    (a / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (a / "notes.jpg").write_text("this is not an image")
+    (a / "empty.png").write_bytes(b"")
+    arr = (np.random.default_rng(5).random((70, 90)) * 65535).astype(np.uint16)
+    Image.fromarray(arr).save(a / "sixteen.png")  # 16-bit grey, non-square
+    Image.new("RGBA", (64, 64), (200, 10, 10, 128)).save(a / "alpha.png")
+    Image.new("L", (64, 64), 90).save(a / "grey.png")
+    before = tree_digest(tmp_path / "raw")
+
+    report = prepare(settings(tmp_path), metrics_dir=tmp_path / "metrics")
+
+    assert tree_digest(tmp_path / "raw") == before  # nothing modified or deleted
+    ra = report["persons"]["a"]
+    assert ra["kept"] == 13  # 10 + 16-bit + RGBA + grey
+    assert ra["files"] == 16 and ra["dropped"] == {"unreadable": 3}
+    dropped = " ".join(ra["dropped_files"]["unreadable"])
+    assert "truncated.jpg" in dropped and "notes.jpg" in dropped and "empty.png: empty file" in dropped
+    assert ra["train"] + ra["val"] == 13 and ra["val"] >= 1
+    faces = sorted((tmp_path / "faces/a/train").glob("*.png"))
+    assert len(faces) == ra["train"]
+    assert all(Image.open(f).size == (64, 64) and Image.open(f).mode == "RGB" for f in faces)
+    saved = json.loads((tmp_path / "metrics/prepare.json").read_text())
+    assert saved["persons"]["a"]["dropped"] == {"unreadable": 3}
+    assert (tmp_path / "faces/contact_sheet.png").is_file()
+
+
+def test_too_few_faces_says_how_many(tmp_path):
+    make_raw(tmp_path / "raw/a", 2)
+    make_raw(tmp_path / "raw/b", 10)
+    with pytest.raises(UserError, match=r"2 usable face\(s\) for person A, need at least 4"):
+        prepare(settings(tmp_path), metrics_dir=tmp_path / "metrics")
+
+
+def test_missing_folder_and_overlapping_output(tmp_path):
+    with pytest.raises(UserError, match="folder not found"):
+        prepare(settings(tmp_path), metrics_dir=tmp_path / "metrics")
+    make_raw(tmp_path / "raw/a", 5)
+    make_raw(tmp_path / "raw/b", 5)
+    with pytest.raises(UserError, match="overlaps"):
+        prepare(settings(tmp_path, faces_dir=str(tmp_path / "raw")), metrics_dir=tmp_path / "metrics")
+    assert len(list((tmp_path / "raw/a").iterdir())) == 5
+
+
+def test_split_is_seeded(tmp_path):
+    make_raw(tmp_path / "raw/a", 12)
+    make_raw(tmp_path / "raw/b", 12)
+    prepare(settings(tmp_path), metrics_dir=tmp_path / "m")
+    first = tree_digest(tmp_path / "faces")
+    prepare(settings(tmp_path), metrics_dir=tmp_path / "m")
+    assert tree_digest(tmp_path / "faces") == first
+
+
+def test_synthetic_source_writes_the_tree_with_ground_truth(tmp_path):
+    report = prepare(parse(tiny_raw(tmp_path)), metrics_dir=tmp_path / "metrics")
+    for side in "ab":
+        assert len(list((tmp_path / f"faces/{side}/train").glob("*.png"))) == 24
+        val = sorted(p.name for p in (tmp_path / f"faces/{side}/val").glob("*.png"))
+        gt = sorted(p.name for p in (tmp_path / f"faces/{side}/val_gt").glob("*.png"))
+        assert val == gt and len(val) == 4
+    assert report["source"] == "synthetic"
