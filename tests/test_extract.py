@@ -302,10 +302,11 @@ def test_video_one_stable_face_per_sampled_frame(pan_zoom_result, astronaut):
     assert np.abs(np.diff(lm, axis=0)).max() < 2.0
     assert np.ptp(lm, axis=0).max() < 2.0
     # the detections follow the camera: photo landmarks through the known camera motion
+    # (within MTCNN's own noise of a pixel or two, largest on the nose)
     photo_lm = detect(astronaut, CFG)[0].landmarks
-    for r in rows:
-        truth = apply_affine(_camera(r["frame"]), photo_lm)
-        assert np.linalg.norm(np.array(r["landmarks_source"]) - truth, axis=1).max() < 3.0
+    err = np.array([np.linalg.norm(np.array(r["landmarks_source"]) - apply_affine(_camera(r["frame"]), photo_lm),
+                                   axis=1) for r in rows])
+    assert err.mean() < 1.5 and err.max() < 4.0, err.round(2)
 
 
 def test_video_manifest_affine_maps_crops_back_onto_frames(pan_zoom_result, pan_zoom_video):
@@ -330,10 +331,31 @@ def test_video_manifest_affine_maps_crops_back_onto_frames(pan_zoom_result, pan_
             assert r[key] is not None
 
 
-def test_video_tracking_matches_full_search(pan_zoom_result, pan_zoom_video, tmp_path):
+def test_video_tracking_matches_full_search(pan_zoom_result, pan_zoom_video, tmp_path, monkeypatch):
     _, out = pan_zoom_result
+    import autoswap.extract as ex
+
+    calls = {"detect": 0, "detect_near": 0}
+
+    def counted(name):
+        real = getattr(ex, name)
+
+        def spy(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+
+        return spy
+
+    for name in calls:
+        monkeypatch.setattr(ex, name, counted(name))
+    # 12 searched frames: the whole frame at the first and at every 5th search, the rest tracked
+    cfg = CFG.model_copy(update={"every_nth_frame": 3, "full_search_every": 4})
+    assert extract_to_dir([pan_zoom_video], tmp_path / "t", cfg, SIZE, progress=False)["kept"] == 12
+    assert calls == {"detect": 3, "detect_near": 9}
+    calls.update(detect=0, detect_near=0)
     cfg = CFG.model_copy(update={"every_nth_frame": 3, "track": False})
     extract_to_dir([pan_zoom_video], tmp_path, cfg, SIZE, progress=False)
+    assert calls == {"detect": 12, "detect_near": 0}
     tracked = np.array([r["landmarks_source"] for r in _rows(out)])
     full = np.array([r["landmarks_source"] for r in _rows(tmp_path)])
     assert tracked.shape == full.shape

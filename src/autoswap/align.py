@@ -9,9 +9,16 @@ The template
 ------------
 The seed's own face set (256 px crops) puts MTCNN's eyes at about x = 0.33 / 0.63, y = 0.31 of
 the crop: eyes 0.30 of the crop width apart. TEMPLATE keeps that scale and height and centres the
-face horizontally (eyes at 0.35 / 0.65). Nose and mouth follow the mean MTCNN landmark shape of a
-frontal face in units of the eye distance d, measured below the eye line: nose 0.58 d, mouth
-corners 0.95 d down and 0.46 d either side of the centre line.
+face horizontally (eyes at 0.35 / 0.65). Nose and mouth are placed from MTCNN's landmarks on the
+two frontal reference photos (grace_hopper, astronaut, each also mirrored), averaged, in units
+of the eye distance d below the eye line: nose 0.58 d (measured 0.56-0.61), mouth corners 0.95 d
+down (0.88-0.99) and 0.46 d either side of the centre line (0.41-0.52). As fractions of the crop:
+
+    left eye (0.350, 0.310)   right eye (0.650, 0.310)   nose (0.500, 0.484)
+    mouth left (0.362, 0.595) mouth right (0.638, 0.595)
+
+A similarity cannot fit every face exactly: on the reference photos the eyes land within 1 px
+of the template at 128 px and the mouth corners within about 2.5 px (a smile widens the mouth).
 
 The margin
 ----------

@@ -317,6 +317,33 @@ class _Hashes:
         self._n += 1
 
 
+class _Tracker:
+    """Finds the faces of each photo or frame: in a video (keep=largest/central, extract.track)
+    it searches only around the face kept in the previous searched frame, falling back to the
+    whole frame when that finds nothing usable and every extract.full_search_every searches."""
+
+    def __init__(self, cfg: ExtractSettings) -> None:
+        self.cfg = cfg
+        self.source: Path | None = None
+        self.face: Face | None = None
+        self.since_full = 0
+
+    def find(self, rgb: np.ndarray, source: Path, is_video: bool) -> tuple[list[Face], str | None]:
+        cfg = self.cfg
+        tracking = is_video and cfg.track and cfg.keep != "all"
+        faces, reason = [], None
+        if (tracking and self.face is not None and source == self.source
+                and self.since_full < cfg.full_search_every):
+            faces, reason = select_faces(detect_near(rgb, self.face.box, cfg), rgb.shape, cfg)
+            self.since_full += 1
+        if not faces:
+            faces, reason = select_faces(detect(rgb, cfg), rgb.shape, cfg)
+            self.since_full = 0
+        self.source = source
+        self.face = faces[0] if tracking and faces else None
+        return faces, reason
+
+
 def _floats(a: np.ndarray, nd: int = 4) -> list:
     return np.round(np.asarray(a, dtype=np.float64), nd).tolist()
 
@@ -410,7 +437,7 @@ def extract_to_dir(inputs: list[Path], out_dir: Path, cfg: ExtractSettings, face
     counts = {"images": 0, "videos": 0, "frames": 0}
     kept = 0
     last_video = None
-    tracked: tuple[Path, Face, int] | None = None  # (video, its last face, searches since full)
+    tracker = _Tracker(cfg)
     tmp = out_dir / f"{MANIFEST}.tmp"
     with tmp.open("w", encoding="utf-8") as manifest, \
             tqdm(files, unit="file", disable=not progress, desc="extract") as bar:
@@ -423,21 +450,9 @@ def extract_to_dir(inputs: list[Path], out_dir: Path, cfg: ExtractSettings, face
                     if last_video != path:
                         counts["videos"] += 1
                         last_video = path
-                faces = reason = None
-                if tracked is not None and (tracked[0] != path or tracked[2] >= cfg.full_search_every):
-                    tracked = None
-                if tracked is not None:
-                    faces, reason = select_faces(detect_near(rgb, tracked[1].box, cfg), rgb.shape, cfg)
-                    tracked = (path, tracked[1], tracked[2] + 1)
-                if not faces:  # a photo, the first frame, a lost face, or time for a full search
-                    faces, reason = select_faces(detect(rgb, cfg), rgb.shape, cfg)
-                    tracked = (path, None, 0)
+                faces, reason = tracker.find(rgb, path, is_video=time_s is not None)
                 if reason:
                     dropped[reason].append(item)
-                if time_s is not None and cfg.track and cfg.keep != "all" and faces:
-                    tracked = (path, faces[0], tracked[2])
-                else:
-                    tracked = None
                 for k, face in enumerate(faces):
                     crop, affine = align(rgb, face.landmarks, face_size)
                     lm_crop = apply_affine(affine, face.landmarks)

@@ -103,7 +103,7 @@ def _extracted_folder(settings: Settings, side: str, src: Path, dst: Path) -> di
     if not src.is_dir():
         raise UserError(f"{src}: folder not found; put person {side.upper()}'s photos and videos there (data.dir_{side})")
     pool = dst / "all"
-    report = extract_to_dir([src], pool, settings.extract, d.face_size, d.max_image_pixels)
+    report = extract_to_dir([src], pool, settings.extract, d.face_size, d.max_image_pixels, allow_empty=True)
     crops = sorted(p for p in pool.glob("*.png"))
     if len(crops) < d.min_faces:
         raise UserError(

@@ -42,27 +42,32 @@ def _dim(x: tf.Tensor, i: int):
 # polyharmonic spline
 
 
-def _phi(r: tf.Tensor, order: int) -> tf.Tensor:
-    """Radial basis function of the spline, applied to *squared* distances r = d^2."""
+def _phi(r: tf.Tensor, order: int) -> tuple[float, tf.Tensor]:
+    """Radial basis function of the spline on *squared* distances r = d^2, as tfa's, returned as
+    (factor, g) with phi = factor * g.
+
+    The factor is kept apart so that `_evaluate` can put it on the small (B, N, k) weights
+    instead of making a pass over the large (B, H*W, N) matrix; it is 0.5 or 1, powers of two,
+    so both ways give the same bits."""
     if order == 1:
-        return tf.sqrt(tf.maximum(r, EPSILON))  # d
+        return 1.0, tf.sqrt(tf.maximum(r, EPSILON))  # d
     if order == 2:
         # thin-plate spline, d^2 log d = 0.5 r log r. xlogy is 0 at r = 0, as tfa's clamp at
-        # EPSILON gives, and makes two passes over the (B, H*W, N) matrix instead of four.
-        return 0.5 * tf.math.xlogy(r, r)
+        # EPSILON gives, and is one pass over the matrix instead of tfa's four.
+        return 0.5, tf.math.xlogy(r, r)
     if order == 4:
-        return 0.5 * tf.square(r) * tf.math.log(tf.maximum(r, EPSILON))
+        return 0.5, tf.square(r) * tf.math.log(tf.maximum(r, EPSILON))
     r = tf.maximum(r, EPSILON)
     if order % 2 == 0:
-        return 0.5 * tf.pow(r, 0.5 * order) * tf.math.log(r)
-    return tf.pow(r, 0.5 * order)
+        return 0.5, tf.pow(r, 0.5 * order) * tf.math.log(r)
+    return 1.0, tf.pow(r, 0.5 * order)
 
 
 def _squared_distances(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
     """(B, M, d), (B, N, d) -> (B, M, N) with out[b, m, n] = ||x[b, m] - y[b, n]||^2.
 
-    Differences rather than tfa's |x|^2 - 2 x.y + |y|^2: exact for pixel coordinates, where the
-    expansion loses ~3 digits to cancellation (|x|^2 is ~3e4 for a 128 px image)."""
+    Differences rather than tfa's |x|^2 - 2 x.y + |y|^2, which loses ~3 digits to cancellation
+    at pixel coordinates (|x|^2 is ~3e4 on a 128 px image)."""
     diff = x[:, :, None, :] - y[:, None, :, :]  # (B, M, N, d)
     return tf.reduce_sum(tf.square(diff), axis=-1)
 
@@ -80,8 +85,9 @@ def _solve_interpolation(train_points, train_values, order, regularization_weigh
         raise ValueError("the last dimension of train_points and train_values must be static")
 
     # adding 0 * I changes nothing, so a tensor regularization_weight needs no python branch
-    matrix_a = _phi(_squared_distances(c, c), order)  # (B, N, N)
-    matrix_a += 0 * tf.cast(regularization_weight, c.dtype) * tf.eye(n, dtype=c.dtype)
+    factor, g = _phi(_squared_distances(c, c), order)
+    matrix_a = factor * g  # (B, N, N)
+    matrix_a += tf.cast(regularization_weight, c.dtype) * tf.eye(n, dtype=c.dtype)
     matrix_b = tf.concat([c, tf.ones_like(c[..., :1])], axis=2)  # (B, N, d+1)
 
     zeros = tf.zeros([b, d + 1, d + 1], c.dtype)
@@ -101,7 +107,8 @@ def _evaluate(squared_dists, query_points, w, v, order):
     """Spline value at the queries: phi(|q - c|^2) w + [q, 1] v.
 
     squared_dists (B, M, N), query_points (B or 1, M, d), w (B, N, k), v (B, d+1, k) -> (B, M, k)."""
-    rbf_term = tf.matmul(_phi(squared_dists, order), w)  # (B, M, k)
+    factor, g = _phi(squared_dists, order)  # g (B, M, N)
+    rbf_term = tf.matmul(g, factor * w)  # (B, M, k)
     query_pad = tf.concat([query_points, tf.ones_like(query_points[..., :1])], axis=2)  # (B|1, M, d+1)
     linear_term = tf.matmul(query_pad, v)  # (B, M, k); matmul broadcasts a batch of 1
     return rbf_term + linear_term
@@ -111,7 +118,7 @@ def interpolate_spline(train_points, train_values, query_points, order, regulari
     """Polyharmonic spline interpolation, as `tfa.image.interpolate_spline`.
 
     f(x) = sum_i w_i phi(|x - c_i|) + v^T [x, 1], fitted so that f(c_i) = f_i (exactly when
-    regularization_weight is 0; a larger weight trades the fit for smoothness). order 1: phi = d,
+    regularization_weight is 0; a weight > 0 trades the fit for smoothness). order 1: phi = d,
     order 2: d^2 log d (thin-plate), order 3: d^3, ...
 
     train_points (B, N, d), train_values (B, N, k), query_points (B, M, d) -> (B, M, k).
@@ -148,14 +155,14 @@ def _interpolate_bilinear(image: tf.Tensor, query_points: tf.Tensor) -> tf.Tenso
     x0, alpha_x = corner_and_alpha(query_x, w)
 
     # Fetch the 4 corners with one gather_nd (faster on CPU than 4 gathers or tf.gather) from
-    # the image flattened to (B*H*W, C) rows.
+    # the image flattened to (B*H*W, C) rows; left column first, then right column.
     top_left = tf.reshape(tf.range(b) * (h * w), [-1, 1, 1]) + y0 * w + x0  # (B, H, W)
-    corners = tf.stack([top_left, top_left + 1, top_left + w, top_left + w + 1])  # (4, B, H, W)
+    corners = tf.stack([top_left, top_left + w, top_left + 1, top_left + w + 1])  # (4, B, H, W)
     pixels = tf.gather_nd(tf.reshape(image, [-1, c]), corners[..., None])  # (4, B, H, W, C)
-    tl, tr, bl, br = tf.unstack(pixels, num=4)
 
-    top = alpha_x * (tr - tl) + tl
-    bottom = alpha_x * (br - bl) + bl
+    # tfa's top = alpha_x * (tr - tl) + tl and the same for the bottom row, done in one op
+    left, right = pixels[:2], pixels[2:]  # (2, B, H, W, C): (tl, bl), (tr, br)
+    top, bottom = tf.unstack(alpha_x * (right - left) + left, num=2)  # (B, H, W, C) each
     return alpha_y * (bottom - top) + top
 
 
