@@ -158,7 +158,12 @@ class TrainSettings(_Section):
     preview_every: int = Field(2500, ge=1)
     models_dir: Path = Path("models")
     deterministic: bool = True
+    # default: one device; mirrored: all local GPUs; multi_worker: the cluster in TF_CONFIG.
+    # batch_size is global: replicas split it, and see together exactly the one-device batch.
     strategy: Literal["default", "mirrored", "multi_worker"] = "default"
+    # build batches inside the compiled step, from the face set cached on the device (GPU path);
+    # always on under a multi-replica strategy. Off: a tf.data pipeline on the host CPU.
+    data_on_device: bool = False
     mixed_precision: bool = False
     jit_compile: bool = False
 
@@ -194,6 +199,64 @@ class TrackingSettings(_Section):
     experiment: str = Field("autoswap", min_length=1)
 
 
+# ----------------------------------------------------------------------------- swap
+class SwapDemoSettings(_Section):
+    """The `swap` DVC stage's demo: a photo that ships with matplotlib and a short clip made from it."""
+
+    input_dir: Path = Path("data/demo")  # the demo photo and clip are written here
+    out_dir: Path = Path("swaps")  # their swapped, marked versions
+    frames: int = Field(24, ge=2, le=600, description="frames in the demo clip")
+
+
+class SwapSettings(_Section):
+    """`autoswap swap`: put the other face back into photos and videos (see autoswap.swap).
+    Detection uses extract.min_confidence / min_face_size / detect_size and, in videos,
+    extract.track / full_search_every. The marks (metadata, watermark, C2PA) have no switch."""
+
+    model: Path = Path("models/final")
+    to: Literal["a", "b"] = "b"  # the decoder that draws the new face
+    # largest | all | face indices, 0 = largest (in each photo or frame, by box area)
+    faces: Literal["largest", "all"] | tuple[int, ...] = "largest"
+    mask_erode: float = Field(0.03, ge=0, le=0.3, description="fraction of the face size")
+    mask_feather: float = Field(0.08, ge=0, le=0.5, description="fraction of the face size")
+    color: Literal["none", "mean_std", "histogram"] = "mean_std"  # colour transfer in LAB
+    poisson: bool = False  # OpenCV seamlessClone before the feathered blend
+    smooth: float = Field(0.5, ge=0, lt=1, description="video landmark smoothing, 0 = off")
+    crf: int = Field(18, ge=0, le=51, description="H.264 quality, 0 = lossless")
+    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = "veryfast"
+    label: bool = False  # a visible "AI-generated" label in the corner
+    label_text: str = Field("AI-generated", min_length=1, max_length=80)
+    key_dir: Path | None = None  # local C2PA signer + watermark ID registry; null = ~/.config/autoswap
+    signer_cert: Path | None = None  # your own C2PA certificate chain (PEM) ...
+    signer_key: Path | None = None  # ... and its private key (PEM); both or neither
+    demo: SwapDemoSettings = SwapDemoSettings()
+
+    @field_validator("faces", mode="before")
+    @classmethod
+    def _faces(cls, v: Any) -> Any:
+        # one message for every bad value (pydantic's union errors name each alternative)
+        if v in ("largest", "all"):
+            return v
+        if isinstance(v, str):  # "0,2" from the command line
+            v = [p.strip() for p in v.split(",") if p.strip()]
+        if isinstance(v, int | str):
+            v = [v]
+        try:
+            out = tuple(int(i) for i in v if not isinstance(i, bool | float))
+            ok = len(out) == len(v) > 0 and min(out) >= 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError("use largest, all, or face indices such as 0 or [0, 2] (0 = the largest face)")
+        return out
+
+    @model_validator(mode="after")
+    def _signer_pair(self) -> SwapSettings:
+        if (self.signer_cert is None) != (self.signer_key is None):
+            raise ValueError("set both signer_cert and signer_key, or neither")
+        return self
+
+
 # ----------------------------------------------------------------------------- root
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="forbid", frozen=True)
@@ -206,6 +269,7 @@ class Settings(BaseSettings):
     evaluate: EvaluateSettings = EvaluateSettings()
     preview: PreviewSettings = PreviewSettings()
     tracking: TrackingSettings = TrackingSettings()
+    swap: SwapSettings = SwapSettings()
 
     @model_validator(mode="after")
     def _crop_fits(self) -> Settings:

@@ -182,24 +182,29 @@ def sample_bilinear(images, pts) -> tf.Tensor:
     return (top * (1 - wy) + bot * wy) / 255.0
 
 
-def make_batch(spec: BatchSpec, faces, step, side: int):
-    """faces (N, S, S, 3) uint8 -> (warped, target), each (B, out, out, 3) float32 in [0, 1]."""
+def make_batch(spec: BatchSpec, faces, step, side: int, part: int = 0, parts: int = 1):
+    """faces (N, S, S, 3) uint8 -> (warped, target), each (B, out, out, 3) float32 in [0, 1].
+
+    With parts > 1, only slice `part` of the global batch (B / parts images) is built, with the
+    very draws the whole batch would use: replicas of a distribution strategy each build their
+    own slice on their own device, and together they see exactly the single-device batch."""
     n = faces.shape[0] if faces.shape[0] is not None else tf.shape(faces)[0]
-    idx = batch_indices(spec, n, step, side)  # (B,)
-    imgs = tf.gather(faces, idx)  # (B, S, S, 3) uint8
-    b, o = spec.batch, spec.out_size
-    q = tf.broadcast_to(tf.constant(_output_grid(spec)), [b, o * o, 2])  # (B, M, 2)
+    b, o = spec.batch // parts, spec.out_size
+    lo = part * b
+    idx = batch_indices(spec, n, step, side)[lo : lo + b]  # (b,)
+    imgs = tf.gather(faces, idx)  # (b, S, S, 3) uint8
+    q = tf.broadcast_to(tf.constant(_output_grid(spec)), [b, o * o, 2])  # (b, M, 2)
 
     # the warp: control points on the seed's grid, each source point moved by N(0, stddev)
-    dest = tf.broadcast_to(tf.constant(_control_grid(spec)), [b, spec.grid**2, 2])  # (B, 25, 2)
-    noise = random_normal(spec.seed, step, _WARP + 4 * side, [b, spec.grid**2, 2])
+    dest = tf.broadcast_to(tf.constant(_control_grid(spec)), [b, spec.grid**2, 2])  # (b, 25, 2)
+    noise = random_normal(spec.seed, step, _WARP + 4 * side, [spec.batch, spec.grid**2, 2])[lo : lo + b]
     source = dest + noise * warp_stddev(spec, step)
     # sparse_image_warp's dense flow at the output points; the warped image samples at q - flow
-    flow = interpolate_spline(dest, dest - source, q, spec.order)  # (B, M, 2)
-    params = random_uniform(spec.seed, step, _AUG + 4 * side, [b, 6])
+    flow = interpolate_spline(dest, dest - source, q, spec.order)  # (b, M, 2)
+    params = random_uniform(spec.seed, step, _AUG + 4 * side, [spec.batch, 6])[lo : lo + b]
     src_warped = _inverse_affine(spec, q - flow, params)
     src_target = _inverse_affine(spec, q, params)
-    px = sample_bilinear(imgs, tf.concat([src_warped, src_target], axis=1))  # (B, 2M, 3)
+    px = sample_bilinear(imgs, tf.concat([src_warped, src_target], axis=1))  # (b, 2M, 3)
     px = tf.reshape(px, [b, 2, o, o, 3])
     return px[:, 0], px[:, 1]
 

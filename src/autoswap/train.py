@@ -70,6 +70,40 @@ class LRSchedule:
         return _Schedule()
 
 
+def mae_loss(y_true, y_pred):
+    """The seed's loss. Written out rather than keras.losses.MeanAbsoluteError, which divides by
+    the number of replicas by itself inside a tf.distribute replica context (Keras 3): the
+    scaling is done once, visibly, in the step."""
+    import tensorflow as tf
+
+    return tf.reduce_mean(tf.abs(tf.cast(y_true, tf.float32) - tf.cast(y_pred, tf.float32)))
+
+
+def make_strategy(name: str):
+    import tensorflow as tf
+
+    if name == "mirrored":
+        # all local GPUs; on a machine without one, all logical CPUs (how the tests run it)
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+        return tf.distribute.MirroredStrategy(devices=devices)
+    if name == "multi_worker":
+        import os
+
+        if not os.environ.get("TF_CONFIG"):
+            raise UserError("train.strategy multi_worker needs TF_CONFIG (cluster and task) in the environment")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief(strategy) -> bool:
+    """Only the chief writes checkpoints that count, the final weights and MLflow records."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "task_type", None):
+        return True
+    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0)
+
+
 class Progress:
     """tqdm bar on a terminal; plain periodic lines otherwise (DVC logs, CI)."""
 
@@ -150,15 +184,30 @@ def train(settings: Settings, metrics_dir: Path = Path("metrics"), plots_dir: Pa
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
 
     spec = BatchSpec.from_settings(settings)
-    encoder, decoder_a, decoder_b = nets = M.build(settings.model)
-    schedule = LRSchedule(t.lr_schedule, t.learning_rate, t.steps)
-    optimizer = keras.optimizers.Adam(learning_rate=schedule, beta_1=t.beta_1, beta_2=t.beta_2)
-    train_vars = encoder.trainable_variables + decoder_a.trainable_variables + decoder_b.trainable_variables
-    optimizer.build(train_vars)
-    step_var = tf.Variable(0, dtype=tf.int64, name="step")
+    strategy = make_strategy(t.strategy)
+    replicas = strategy.num_replicas_in_sync
+    if t.batch_size % replicas:
+        raise UserError(f"params.yaml: train.batch_size {t.batch_size} must divide among {replicas} replicas")
+    chief = is_chief(strategy)
+    with strategy.scope():
+        encoder, decoder_a, decoder_b = nets = M.build(settings.model)
+        schedule = LRSchedule(t.lr_schedule, t.learning_rate, t.steps)
+        optimizer = keras.optimizers.Adam(learning_rate=schedule, beta_1=t.beta_1, beta_2=t.beta_2)
+        train_vars = encoder.trainable_variables + decoder_a.trainable_variables + decoder_b.trainable_variables
+        optimizer.build(train_vars)
+        step_var = tf.Variable(0, dtype=tf.int64, name="step")
 
     # ---- checkpoints and resume
     models_dir = t.models_dir
+    if not chief:
+        # other workers take part in every collective (saves included) but write to scratch,
+        # so the project sees one set of checkpoints, weights, metrics and one MLflow run
+        import os
+        import tempfile
+
+        scratch = Path(tempfile.mkdtemp(prefix="autoswap-worker-"))
+        models_dir, metrics_dir, plots_dir = scratch / "models", scratch / "metrics", scratch / "plots"
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{scratch / 'mlflow.db'}"
     ckpt_dir = models_dir / "checkpoints"
     fp = fingerprint(settings, sets["a"][1] + sets["b"][1])
     state_file = ckpt_dir / "state.json"
@@ -204,34 +253,57 @@ def train(settings: Settings, metrics_dir: Path = Path("metrics"), plots_dir: Pa
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
 
     # ---- the step
-    mae = keras.losses.MeanAbsoluteError()
-    b = t.batch_size
+    on_device = t.data_on_device or replicas > 1
 
-    @tf.function(jit_compile=t.jit_compile, reduce_retracing=True)
-    def train_step(wa, ta, wb, tb):
+    def forward_backward(wa, ta, wb, tb):
+        """One replica's share: (b, 64, 64, 3) each. Losses are scaled so that summing the
+        replicas' gradients gives the gradient of the mean over the global batch."""
+        b = wa.shape[0]
         with tf.GradientTape() as tape:
-            z = encoder(tf.concat([wa, wb], 0), training=True)  # (2B, 8, 8, 512): one pass, both people
-            ya = decoder_a(z[:b], training=True)  # (B, 64, 64, 3)
+            z = encoder(tf.concat([wa, wb], 0), training=True)  # (2b, 8, 8, 512): one pass, both people
+            ya = decoder_a(z[:b], training=True)  # (b, 64, 64, 3)
             yb = decoder_b(z[b:], training=True)
-            loss_a, loss_b = mae(ta, ya), mae(tb, yb)
-            loss = loss_a + loss_b
+            loss_a, loss_b = mae_loss(ta, ya) / replicas, mae_loss(tb, yb) / replicas
+            loss = loss_a + loss_b  # inside the tape, or it has no path to the weights
         grads = tape.gradient(loss, train_vars)
         optimizer.apply_gradients(zip(grads, train_vars, strict=True))
         return loss_a, loss_b
 
-    fa = tf.constant(sets["a"][0])  # (Na, S, S, 3) uint8, decoded once
-    fb = tf.constant(sets["b"][0])
+    if not on_device:
+        fa = tf.constant(sets["a"][0])  # (Na, S, S, 3) uint8, decoded once
+        fb = tf.constant(sets["b"][0])
+        train_step = tf.function(forward_backward, jit_compile=t.jit_compile)
 
-    def batches(s):
-        wa, ta = make_batch(spec, fa, s, 0)
-        wb, tb = make_batch(spec, fb, s, 1)
-        return s, wa, ta, wb, tb
+        def batches(s):
+            return s, (*make_batch(spec, fa, s, 0), *make_batch(spec, fb, s, 1))
 
-    ds = (
-        tf.data.Dataset.range(start, t.steps)
-        .map(batches, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        .prefetch(2)
-    )
+        steps_iter = (
+            tf.data.Dataset.range(start, t.steps)
+            .map(batches, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .prefetch(2)
+        )
+    else:
+        with strategy.scope():
+            # the decoded faces live on every device for the whole run: no host->device copies
+            fa = tf.Variable(sets["a"][0], trainable=False, name="faces_a")
+            fb = tf.Variable(sets["b"][0], trainable=False, name="faces_b")
+
+        def replica_step(s):
+            ctx = tf.distribute.get_replica_context()
+            part = ctx.replica_id_in_sync_group if ctx is not None else 0
+            wa, ta = make_batch(spec, fa, s, 0, part, replicas)
+            wb, tb = make_batch(spec, fb, s, 1, part, replicas)
+            return forward_backward(wa, ta, wb, tb)
+
+        def distributed_step(s):
+            la, lb = strategy.run(replica_step, args=(s,))
+            return (strategy.reduce(tf.distribute.ReduceOp.SUM, la, axis=None),
+                    strategy.reduce(tf.distribute.ReduceOp.SUM, lb, axis=None))
+
+        # XLA compiles the whole step (augment, warp, forward, backward, Adam) on one device;
+        # under a multi-replica strategy the collectives stay outside XLA
+        train_step = tf.function(distributed_step, jit_compile=t.jit_compile and replicas == 1)
+        steps_iter = ((tf.constant(s, tf.int64), ()) for s in range(start, t.steps))
 
     def save(step: int):
         _write_csv(history_file, history)
@@ -249,9 +321,9 @@ def train(settings: Settings, metrics_dir: Path = Path("metrics"), plots_dir: Pa
     t_window, n_window = time.time(), 0
     status = "FAILED"
     try:
-        for s, wa, ta, wb, tb in ds:
+        for s, batch in steps_iter:
             step_var.assign(s)
-            pending.append(train_step(wa, ta, wb, tb))
+            pending.append(train_step(*batch) if batch else train_step(s))
             n_window += 1
             step = int(s) + 1  # steps done
             step_var.assign(step)
@@ -270,7 +342,7 @@ def train(settings: Settings, metrics_dir: Path = Path("metrics"), plots_dir: Pa
                     "loss_b": float(losses[:, 1].mean()),
                     "learning_rate": float(schedule(step - 1)),
                     "warp_stddev": float(warp_stddev(spec, step - 1)),
-                    "images_per_s": 2 * b * n_window / max(dt, 1e-9),
+                    "images_per_s": 2 * t.batch_size * n_window / max(dt, 1e-9),
                 }
                 t_window, n_window = time.time(), 0
                 history.append({"step": step, **{k: info[k] for k in LOSS_FIELDS[1:]}})

@@ -123,3 +123,141 @@ def iter_video_frames(
 def _why(e: Exception) -> str:
     msg = str(e).strip().splitlines()
     return msg[0] if msg and msg[0] else type(e).__name__
+
+
+# ----------------------------------------------------------------------------- writing (swap)
+# H.264 in MP4/MOV: what `swap` writes. These containers take the audio codecs below as they
+# are (stream copy); another audio codec would need re-encoding, so it is left out with a note.
+H264_CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov"}
+COPYABLE_AUDIO = {"aac", "mp3", "alac", "ac3", "eac3", "opus", "flac"}
+
+
+def _even(n: int) -> bool:
+    return n % 2 == 0
+
+
+def transcode(
+    src: Path,
+    dst: Path,
+    process,
+    *,
+    crf: int = 18,
+    preset: str = "veryfast",
+    metadata: dict[str, str] | None = None,
+    progress: bool = True,
+    desc: str = "video",
+) -> dict:
+    """Re-encode the first video stream of `src` frame by frame into H.264 in `dst` (MP4 or
+    MOV by suffix), copying every audio stream packet for packet.
+
+    `process(index, time_s, rgb)` gets each upright RGB frame and returns the new frame (same
+    shape, uint8) or None to let the frame through as decoded: with no rotation or non-square
+    pixels to undo, the decoded YUV planes go to the encoder untouched (bit-exact after decoding
+    when crf is 0). Every frame keeps its presentation time, so frame count, frame rate (constant
+    or variable) and duration are those of the input. `metadata` becomes container tags.
+
+    Returns {"frames", "processed", "fps", "width", "height", "audio_copied", "audio_dropped"}.
+    Raises BadVideo when `src` cannot be read."""
+    import av
+    from tqdm import tqdm
+
+    suffix = Path(dst).suffix.lower()
+    if suffix not in H264_CONTAINERS:
+        raise ValueError(f"cannot write H.264 into {suffix}")
+    try:
+        if Path(src).stat().st_size == 0:
+            raise BadVideo("empty file (0 bytes)")
+        inp = av.open(str(src))
+    except av.error.EOFError:
+        raise BadVideo("the video has no frames", "no_frames") from None
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as e:
+        raise BadVideo(f"cannot open video ({_why(e)})") from None
+    stats = {"frames": 0, "processed": 0, "audio_copied": [], "audio_dropped": []}
+    with inp:
+        if not inp.streams.video:
+            raise BadVideo("no video stream (no frames)", "no_frames")
+        vs = inp.streams.video[0]
+        vs.thread_type = "AUTO"
+        sar = vs.sample_aspect_ratio or vs.codec_context.sample_aspect_ratio
+        rate = vs.average_rate or vs.guessed_rate or Fraction(25)
+        stats["fps"] = float(rate)
+        with av.open(str(dst), "w", format=H264_CONTAINERS[suffix],
+                     container_options={"movflags": "use_metadata_tags"}) as out:
+            out.metadata.update(metadata or {})
+            audio_map = {}
+            for a in inp.streams.audio:
+                name = a.codec_context.name
+                if name in COPYABLE_AUDIO:
+                    audio_map[a.index] = out.add_stream_from_template(a)
+                    stats["audio_copied"].append(name)
+                else:
+                    stats["audio_dropped"].append(name)
+            ovs = None
+            pending: list = []  # audio packets that arrive before the video stream is set up
+            pix_fmt = "yuv420p"
+            start_pts = None
+            bar = tqdm(total=vs.frames or None, unit="frame", disable=not progress, desc=desc)
+
+            def open_video(width: int, height: int):
+                nonlocal ovs, pix_fmt
+                pix_fmt = "yuv420p" if _even(width) and _even(height) else "yuv444p"
+                ovs = out.add_stream("libx264", rate=rate)
+                ovs.width, ovs.height, ovs.pix_fmt = width, height, pix_fmt
+                ovs.codec_context.time_base = vs.time_base or Fraction(1, 90000)
+                ovs.options = {"crf": str(crf), "preset": preset}
+
+            def write(frame):
+                for packet in ovs.encode(frame):
+                    out.mux(packet)
+
+            streams = [vs, *[a for a in inp.streams.audio if a.index in audio_map]]
+            index = -1
+            try:
+                for packet in inp.demux(*streams):
+                    if packet.stream.type == "audio":
+                        if packet.dts is None:
+                            continue
+                        packet.stream = audio_map[packet.stream.index]
+                        if ovs is None:
+                            pending.append(packet)
+                        else:
+                            out.mux(packet)
+                        continue
+                    for frame in packet.decode():
+                        index += 1
+                        tb = frame.time_base or vs.time_base or Fraction(1, 90000)
+                        pts = frame.pts if frame.pts is not None else round(index / rate / tb)
+                        if start_pts is None:
+                            start_pts = pts
+                        rgb = frame.to_ndarray(format="rgb24")
+                        upright = _upright(frame, rgb, sar)
+                        if ovs is None:
+                            open_video(upright.shape[1], upright.shape[0])
+                            for p in pending:
+                                out.mux(p)
+                            pending.clear()
+                        new = process(index, float((pts - start_pts) * tb), upright)
+                        as_decoded = upright is rgb and new is None
+                        if new is None:
+                            new = upright
+                        else:
+                            stats["processed"] += 1
+                        if as_decoded and frame.format.name == pix_fmt:
+                            out_frame = frame
+                        else:
+                            out_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(new), format="rgb24")
+                            out_frame = out_frame.reformat(format=pix_fmt)
+                        out_frame.pts, out_frame.time_base = pts, tb
+                        out_frame.pict_type = 0  # let the encoder choose (decoded frames carry I/P/B)
+                        write(out_frame)
+                        stats["frames"] += 1
+                        bar.update(1)
+            except av.error.FFmpegError as e:
+                raise BadVideo(f"decoding failed after frame {index} ({_why(e)})") from None
+            finally:
+                bar.close()
+            if ovs is None:
+                raise BadVideo("the video has no frames", "no_frames")
+            write(None)
+            stats["width"], stats["height"] = ovs.width, ovs.height
+    return stats
