@@ -100,9 +100,11 @@ def test_multi_worker_two_processes_agree(tmp_path):
     finish(p1)
     np.testing.assert_allclose(losses(chief), losses(one), atol=1e-5)
     # both workers hold the same weights: the worker's scratch copy matches the chief's
+    import tempfile
+
     from autoswap.model import load_final
 
-    scratch = [Path(p) for p in Path("/tmp").glob("autoswap-worker-*") if (Path(p) / "models/final").is_dir()]
+    scratch = [Path(p) for p in Path(tempfile.gettempdir()).glob("autoswap-worker-*") if (Path(p) / "models/final").is_dir()]
     assert scratch, "the second worker wrote its final weights to scratch"
     newest = max(scratch, key=lambda p: p.stat().st_mtime)
     wa = [w.numpy() for m in load_final(chief / "models/final")[:3] for w in m.weights]

@@ -63,6 +63,89 @@ def cmd_extract(args):
             print(f"  dropped ({reason}): {item}")
 
 
+# `autoswap swap` flags -> swap.* keys; a flag left out keeps params.yaml's value
+_SWAP_FLAGS = {"model": "model", "to": "to", "faces": "faces", "color": "color", "poisson": "poisson",
+               "erode": "mask_erode", "feather": "mask_feather", "smooth": "smooth", "crf": "crf", "label": "label"}
+
+
+def _swap_settings(args):
+    from pydantic import ValidationError
+
+    from autoswap.config import SwapSettings
+    from autoswap.errors import UserError
+
+    s = _settings(args)
+    over = {key: getattr(args, flag) for flag, key in _SWAP_FLAGS.items() if getattr(args, flag) is not None}
+    if not over:
+        return s
+    try:
+        swap = SwapSettings(**{**s.swap.model_dump(), **over})
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = str(err["loc"][0]) if err["loc"] else ""
+        flag = next((f for f, k in _SWAP_FLAGS.items() if k == key), None)
+        raise UserError(f"--{flag or key}: {err['msg']} (got {err.get('input')!r})") from None
+    return s.model_copy(update={"swap": swap})
+
+
+def cmd_swap(args):
+    from autoswap.errors import UserError
+    from autoswap.swap import swap_demo, swap_files
+
+    s = _swap_settings(args)
+    if args.demo:
+        if args.input or args.output:
+            raise UserError("--demo takes no INPUT or OUTPUT (it swaps swap.demo's photo and clip)")
+        r = swap_demo(s, progress=not args.quiet)
+        print(f"autoswap: demo swapped into {s.swap.demo.out_dir} (watermark ID {r['watermark_id']})")
+        return 0
+    if args.input is None or args.output is None:
+        raise UserError("swap needs INPUT and OUTPUT (or --demo); see `autoswap swap --help`")
+    results = swap_files(s, args.input, args.output, force=args.force, progress=not args.quiet)
+    for r in results:
+        if r["status"] == "swapped":
+            what = (f"{r['faces']} face(s)" if r["kind"] == "image"
+                    else f"{r['swapped_frames']} of {r['frames']} frames")
+            print(f"autoswap: {r['input']} -> {r['output']}: swapped {what}; marked (metadata, watermark, C2PA)")
+        elif r["status"] == "copied":
+            print(f"autoswap: {r['input']} -> {r['output']}: no face, copied unchanged")
+    return 0 if any(r["status"] in ("swapped", "copied") for r in results) else 1
+
+
+def cmd_verify(args):
+    import json
+
+    from autoswap.config import load
+    from autoswap.mark import key_dir, verify
+
+    configured = load(args.params).swap.key_dir if args.params.is_file() else None
+    r = verify(args.file, key_dir(configured))
+    if args.json:
+        print(json.dumps(r, indent=2))
+    else:
+        m, w, c = r["metadata"], r["watermark"], r["c2pa"]
+        print(f"autoswap: {r['file']} ({r['kind']})")
+        if m["found"]:
+            print(f"  metadata:  AI-generated statement in {', '.join(m['where'])}: {m['generator'] or '?'}"
+                  + (f", watermark ID {m['watermark_id']}" if m["watermark_id"] else ""))
+        else:
+            print("  metadata:  no AI-generated statement")
+        frames = f", in {w['frames']['carrying_id']} of {w['frames']['sampled']} sampled frames alone" if "frames" in w else ""
+        if w["found"]:
+            run = f"; MLflow run {w['mlflow_run_id']}" if w.get("mlflow_run_id") else ""
+            print(f"  watermark: ID {w['id']} (agreement {w['confidence']:.2f}{frames}{run})")
+        else:
+            print(f"  watermark: none found (agreement {w['confidence']:.2f}{frames})")
+        if c["found"]:
+            trust = "signer untrusted (a locally made certificate)" if c["untrusted"] else "signer trusted"
+            src = (c["digital_source_type"] or "").rsplit("/", 1)[-1] or "no digitalSourceType"
+            print(f"  c2pa:      manifest {c['state']}, {trust}; {c['signer']}; actions {', '.join(c['actions'])}"
+                  f" ({src})" + (f"; problems: {', '.join(c['errors'])}" if c["errors"] else ""))
+        else:
+            print("  c2pa:      no manifest")
+    return 0 if (r["metadata"]["found"] or r["watermark"]["found"] or r["c2pa"]["found"]) else 1
+
+
 def cmd_ui(args):
     import subprocess
 
@@ -94,6 +177,32 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", type=Path, required=True, help="folder for the aligned crops")
     ex.add_argument("--force", action="store_true", help="write into a non-empty --out")
     ex.set_defaults(fn=cmd_extract)
+    sw = sub.add_parser("swap", help="swap faces in a photo, a folder or a video (output marked as AI-generated)",
+                        description="Swap faces with a trained model. Flags override params.yaml's swap section. "
+                        "Everything written carries an AI-generated statement, an invisible watermark and a "
+                        "C2PA manifest; these cannot be switched off.")
+    sw.add_argument("input", nargs="?", type=Path, help="photo, video, or folder of them")
+    sw.add_argument("output", nargs="?", type=Path, help="output file (same format) or folder; never INPUT")
+    sw.add_argument("--model", type=Path, help="trained model folder (swap.model, default models/final)")
+    sw.add_argument("--to", choices=("a", "b"), help="decoder drawing the new face (swap.to)")
+    sw.add_argument("--faces", help="largest, all, or indices such as 0 or 0,2 (0 = largest) (swap.faces)")
+    sw.add_argument("--color", choices=("none", "mean_std", "histogram"), help="LAB colour transfer (swap.color)")
+    sw.add_argument("--poisson", action=argparse.BooleanOptionalAction, default=None,
+                    help="OpenCV seamlessClone before the feathered blend (swap.poisson)")
+    sw.add_argument("--erode", type=float, help="mask erosion, fraction of the face (swap.mask_erode)")
+    sw.add_argument("--feather", type=float, help="mask feather, fraction of the face (swap.mask_feather)")
+    sw.add_argument("--smooth", type=float, help="video landmark smoothing 0..0.99, 0 = off (swap.smooth)")
+    sw.add_argument("--crf", type=int, help="H.264 quality 0 (lossless) .. 51 (swap.crf)")
+    sw.add_argument("--label", action=argparse.BooleanOptionalAction, default=None,
+                    help="a visible AI-generated label too (swap.label)")
+    sw.add_argument("--force", action="store_true", help="replace an existing OUTPUT (never INPUT)")
+    sw.add_argument("--demo", action="store_true", help="DVC stage: swap the demo photo and clip (swap.demo)")
+    sw.add_argument("--quiet", action="store_true", help="no progress bar")
+    sw.set_defaults(fn=cmd_swap)
+    vf = sub.add_parser("verify", help="report the AI-generated marks (metadata, watermark, C2PA) of a file")
+    vf.add_argument("file", type=Path, help="photo or video")
+    vf.add_argument("--json", action="store_true", help="the full report as JSON")
+    vf.set_defaults(fn=cmd_verify)
     ui = sub.add_parser("ui", help="open the MLflow UI on this project's store (127.0.0.1)")
     ui.add_argument("--host", default="127.0.0.1", help="bind address; anything but loopback is exposed")
     ui.add_argument("--port", type=int, default=5000)

@@ -283,20 +283,20 @@ def train(settings: Settings, metrics_dir: Path = Path("metrics"), plots_dir: Pa
             .prefetch(2)
         )
     else:
-        with strategy.scope():
-            # the decoded faces live on every device for the whole run: no host->device copies
-            fa = tf.Variable(sets["a"][0], trainable=False, name="faces_a")
-            fb = tf.Variable(sets["b"][0], trainable=False, name="faces_b")
+        # the decoded faces, copied once to every replica's device and kept there for the run
+        # (constants, not variables: collectives cannot broadcast uint8 variables)
+        fa = strategy.experimental_distribute_values_from_function(lambda _: tf.constant(sets["a"][0]))
+        fb = strategy.experimental_distribute_values_from_function(lambda _: tf.constant(sets["b"][0]))
 
-        def replica_step(s):
+        def replica_step(s, faces_a, faces_b):
             ctx = tf.distribute.get_replica_context()
             part = ctx.replica_id_in_sync_group if ctx is not None else 0
-            wa, ta = make_batch(spec, fa, s, 0, part, replicas)
-            wb, tb = make_batch(spec, fb, s, 1, part, replicas)
+            wa, ta = make_batch(spec, faces_a, s, 0, part, replicas)
+            wb, tb = make_batch(spec, faces_b, s, 1, part, replicas)
             return forward_backward(wa, ta, wb, tb)
 
         def distributed_step(s):
-            la, lb = strategy.run(replica_step, args=(s,))
+            la, lb = strategy.run(replica_step, args=(s, fa, fb))
             return (strategy.reduce(tf.distribute.ReduceOp.SUM, la, axis=None),
                     strategy.reduce(tf.distribute.ReduceOp.SUM, lb, axis=None))
 
