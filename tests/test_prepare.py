@@ -94,3 +94,46 @@ def test_synthetic_source_writes_the_tree_with_ground_truth(tmp_path):
         gt = sorted(p.name for p in (tmp_path / f"faces/{side}/val_gt").glob("*.png"))
         assert val == gt and len(val) == 4
     assert report["source"] == "synthetic"
+
+
+def _photo_variants(img, out, n):
+    """n distinct photos of one real face: crops, mirror, brightness and small rotations."""
+    from PIL import ImageEnhance
+
+    out.mkdir(parents=True, exist_ok=True)
+    w, h = img.size
+    for i in range(n):
+        v = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if i % 2 else img
+        v = v.rotate((i - n / 2) * 2.0, resample=Image.Resampling.BILINEAR)
+        m = i * 0.02
+        v = v.crop((int(w * m), int(h * m), int(w * (1 - m / 2)), int(h * (1 - m / 2))))
+        v = ImageEnhance.Brightness(v).enhance(0.8 + 0.08 * i)
+        v.save(out / f"photo{i}.jpg", quality=92)
+
+
+@pytest.mark.slow
+def test_raw_photos_are_extracted_aligned_and_split(tmp_path):
+    from matplotlib import cbook
+    from skimage import data
+
+    with cbook.get_sample_data("grace_hopper.jpg") as f:
+        hopper = Image.open(f).convert("RGB")
+    _photo_variants(hopper, tmp_path / "raw/a", 5)
+    _photo_variants(Image.fromarray(data.astronaut()), tmp_path / "raw/b", 5)
+    (tmp_path / "raw/a/broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    before = tree_digest(tmp_path / "raw")
+
+    s = settings(tmp_path, aligned=False)
+    report = prepare(s, metrics_dir=tmp_path / "metrics")
+
+    assert tree_digest(tmp_path / "raw") == before
+    for side in "ab":
+        r = report["persons"][side]
+        assert r["kept"] == 5 and r["train"] + r["val"] == 5
+        crops = sorted((tmp_path / f"faces/{side}/train").glob("*.png"))
+        masks = sorted((tmp_path / f"faces/{side}/train/masks").glob("*.png"))
+        assert [c.name for c in crops] == [m.name for m in masks]
+        assert Image.open(crops[0]).size == (64, 64)
+        rows = [json.loads(x) for x in (tmp_path / f"faces/{side}/manifest.jsonl").read_text().splitlines()]
+        assert len(rows) == 5 and all(len(r["affine"]) == 2 for r in rows)
+    assert report["persons"]["a"]["dropped"]["unreadable"] == 1
