@@ -144,3 +144,41 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path, faces, mlflo
     state = json.loads((tmp_path / "models" / "checkpoints" / "state.json").read_text())
     assert mlflow.MlflowClient().get_run(state["run_id"]).info.status == "FAILED"
     assert not list((tmp_path / "models" / "checkpoints").glob("ckpt-*.index"))  # no NaN checkpoint
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, faces, mlflow_store, capsys):
+    ref = tmp_path / "ref"
+    run(ref, data={"faces_dir": str(faces)})
+    cut = tmp_path / "cut"
+    run(cut, data={"faces_dir": str(faces)}, train={"steps": 6})
+    ck = cut / "models" / "checkpoints"
+    # make the run look interrupted after step 6's save, then corrupt that newest checkpoint
+    for data in ck.glob("ckpt-6.data-*"):
+        data.write_bytes(b"\0" * 64)
+    import shutil
+
+    shutil.rmtree(cut / "models" / "final")
+    run(cut, data={"faces_dir": str(faces)})
+    out = capsys.readouterr().out
+    assert "ckpt-6 is unreadable" in out and "resuming from" in out and "at step 3" in out
+    w_ref, _ = weights(ref)
+    w_cut, _ = weights(cut)
+    for x, y in zip(w_ref, w_cut, strict=True):
+        np.testing.assert_array_equal(x, y)  # steps 4-6 redone from the step-3 checkpoint
+
+
+def test_disk_full_while_saving_is_a_clear_error(tmp_path, faces, mlflow_store, monkeypatch):
+    import errno
+
+    import tensorflow as tf
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", full)
+    with pytest.raises(UserError, match="could not save the step-3 checkpoint \\(No space left on device\\)"):
+        run(tmp_path, data={"faces_dir": str(faces)})
+    ck = tmp_path / "models" / "checkpoints"
+    assert not list(ck.glob("ckpt-*")) and not (ck / "checkpoint").exists()  # nothing half-written as latest
+    state = json.loads((ck / "state.json").read_text())
+    assert mlflow.MlflowClient().get_run(state["run_id"]).info.status == "FAILED"

@@ -13,13 +13,13 @@ model.input_size):
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from autoswap.config import Settings
 from autoswap.errors import UserError
+from autoswap.files import atomic_write_json
 
 
 def _batched(fn, x, batch: int) -> np.ndarray:
@@ -79,7 +79,7 @@ def evaluate(settings: Settings, model_dir: Path = Path("models/final"), metrics
         gts[s] = gt if gt is not None and len(gt) else None
     result = evaluate_faces(nets, spec, faces, gts, settings.evaluate.batch_size)
     metrics_dir.mkdir(parents=True, exist_ok=True)
-    (metrics_dir / "eval.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    atomic_write_json(metrics_dir / "eval.json", result)
 
     tracking.setup(settings.tracking.experiment)
     with mlflow.start_run(run_id=meta["mlflow_run_id"]):

@@ -108,7 +108,7 @@ def video_tags(wm_id: int, run_id: str | None) -> dict[str, str]:
     """Container metadata for a video. MP4/MOV keep these with movflags=use_metadata_tags."""
     text = statement_text(wm_id, run_id)
     tags = {
-        "comment": text, "description": text, "encoder": f"{GENERATOR} {__version__}",
+        "comment": text, "description": text, "software": f"{GENERATOR} {__version__}",
         "ai_generated": "true", "digital_source_type": DIGITAL_SOURCE_TYPE,
         "autoswap_version": __version__, "autoswap_watermark_id": f"{wm_id:08x}",
     }

@@ -87,12 +87,16 @@ WEIGHT_FILES = ("encoder", "decoder_a", "decoder_b")
 
 
 def save_final(out_dir: Path, nets, meta: dict) -> None:
+    from autoswap.files import atomic_write_json
+
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "model.json").unlink(missing_ok=True)
     for name, net in zip(WEIGHT_FILES, nets, strict=True):
         tmp = out_dir / f".{name}.weights.h5.tmp.weights.h5"
         net.save_weights(tmp)
         tmp.replace(out_dir / f"{name}.weights.h5")
-    (out_dir / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    # written last: a folder without model.json is not a model, so a cut-off save is never used
+    atomic_write_json(out_dir / "model.json", meta)
 
 
 def load_final(model_dir: Path):

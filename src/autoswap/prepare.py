@@ -16,7 +16,6 @@ User folders are only read: files that cannot be used are skipped and listed in 
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from PIL import Image
 
 from autoswap.config import Settings
 from autoswap.errors import UserError
+from autoswap.files import atomic_write_json
 from autoswap.images import BadImage, list_images, load_rgb
 
 
@@ -166,7 +166,7 @@ def prepare(settings: Settings, metrics_dir: Path = Path("metrics")) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     contact_sheet(out, out / "contact_sheet.png")
     metrics_dir.mkdir(parents=True, exist_ok=True)
-    (metrics_dir / "prepare.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    atomic_write_json(metrics_dir / "prepare.json", report)
     for side, r in report["persons"].items():
         n_drop = sum(r.get("dropped", {}).values())
         if n_drop:

@@ -337,6 +337,11 @@ def _poisson(face: np.ndarray, roi: np.ndarray, weights: np.ndarray) -> np.ndarr
 
 
 # ----------------------------------------------------------------------------- files
+# x264's default dead zones round the watermark's small, smooth change away in P and B frames
+# (measured on the demo clip at crf 18: ~40% of frames kept a readable ID on their own); dead
+# zones of 6 keep it in every frame (slot accuracy 0.73 -> 0.83) for about 20% more bytes.
+X264_PARAMS = "deadzone-inter=6:deadzone-intra=6"
+
 def _warn(msg: str) -> None:
     print(f"autoswap: warning: {msg}", file=sys.stderr)
 
@@ -457,7 +462,7 @@ class SwapRun:
         with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".autoswap-") as tmp:
             plain = Path(tmp) / f"plain{dst.suffix.lower()}"
             try:
-                stats = transcode(src, plain, process, crf=s.crf, preset=s.preset,
+                stats = transcode(src, plain, process, crf=s.crf, preset=s.preset, x264_params=X264_PARAMS,
                                   metadata=video_tags(self.marker.wm_id, self.marker.run_id),
                                   progress=self.progress, desc=src.name)
             except BadVideo as e:

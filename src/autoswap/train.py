@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import shutil
@@ -24,6 +25,7 @@ import numpy as np
 from autoswap import __version__
 from autoswap.config import Settings, flatten
 from autoswap.errors import UserError
+from autoswap.files import atomic_write_json, atomic_write_text
 
 # settings that change when and what is logged or saved but not the numbers a run computes
 _NOT_IN_FINGERPRINT = {"log_every", "save_every", "keep_last", "backup_every", "preview_every", "models_dir"}
@@ -138,13 +140,11 @@ class Progress:
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=LOSS_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=LOSS_FIELDS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 def _read_csv(path: Path) -> list[dict]:
@@ -226,10 +226,19 @@ def train(settings: Settings, metrics_dir: Path = Path("metrics"), plots_dir: Pa
     backups = tf.train.CheckpointManager(ckpt, ckpt_dir / "backups", max_to_keep=None, checkpoint_name="backup")
     history_file = ckpt_dir / "history.csv"
     history: list[dict] = []
-    if state and manager.latest_checkpoint:
-        ckpt.restore(manager.latest_checkpoint).expect_partial()
-        history = [r for r in _read_csv(history_file) if r["step"] <= int(step_var.numpy())]
-        print(f"autoswap: resuming from {manager.latest_checkpoint} at step {int(step_var.numpy())}")
+    if state and manager.checkpoints:
+        # newest first; a checkpoint that will not load (cut off, corrupted on disk) falls back
+        # to the one before it, with a warning, rather than losing the whole run
+        for path in reversed(manager.checkpoints):
+            try:
+                ckpt.restore(path).assert_existing_objects_matched()
+                break
+            except Exception as e:  # noqa: BLE001 - TF raises OpError, IndexError, ValueError... for bad files
+                print(f"autoswap: warning: checkpoint {path} is unreadable ({type(e).__name__}); trying the one before")
+                step_var.assign(0)
+        if int(step_var.numpy()):
+            history = [r for r in _read_csv(history_file) if r["step"] <= int(step_var.numpy())]
+            print(f"autoswap: resuming from {path} at step {int(step_var.numpy())}")
     start = int(step_var.numpy())
 
     # ---- MLflow: one run per training, reopened on resume
@@ -243,9 +252,7 @@ def train(settings: Settings, metrics_dir: Path = Path("metrics"), plots_dir: Pa
     run = mlflow.start_run(run_id=run_id, experiment_id=exp_id, tags=tracking.run_tags() if not run_id else None)
     run_id = run.info.run_id
     state = {"fingerprint": fp, "run_id": run_id}
-    tmp = state_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state))
-    tmp.replace(state_file)
+    atomic_write_json(state_file, state)
     if start == 0:
         params = flatten(settings)
         params["autoswap.version"] = __version__
@@ -306,10 +313,19 @@ def train(settings: Settings, metrics_dir: Path = Path("metrics"), plots_dir: Pa
         steps_iter = ((tf.constant(s, tf.int64), ()) for s in range(start, t.steps))
 
     def save(step: int):
-        _write_csv(history_file, history)
-        manager.save(checkpoint_number=step)
-        if step % t.backup_every == 0:
-            backups.save(checkpoint_number=step)
+        # TF writes checkpoint shards under temporary names and only then rewrites the
+        # `checkpoint` index (atomically), so a save cut off half-way never becomes the latest
+        try:
+            _write_csv(history_file, history)  # first: rows past the restored step are dropped on resume
+            manager.save(checkpoint_number=step)
+            if step % t.backup_every == 0:
+                backups.save(checkpoint_number=step)
+        except (OSError, tf.errors.OpError) as e:
+            why = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
+            raise UserError(
+                f"{ckpt_dir}: could not save the step-{step} checkpoint ({why.splitlines()[0]}); free space or "
+                f"fix permissions and re-run: training resumes from the last good checkpoint"
+            ) from None
 
     def log_preview(step: int):
         if len(val["a"]) and len(val["b"]):
@@ -379,7 +395,7 @@ def train(settings: Settings, metrics_dir: Path = Path("metrics"), plots_dir: Pa
     last = history[-1] if history else {"loss_a": float("nan"), "loss_b": float("nan")}
     result = {"steps": t.steps, "loss_a": round(last["loss_a"], 6), "loss_b": round(last["loss_b"], 6)}
     metrics_dir.mkdir(parents=True, exist_ok=True)
-    (metrics_dir / "train.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(metrics_dir / "train.json", result)
     mlflow.log_artifact(str(plots_dir / "loss.csv"))
     mlflow.end_run("FINISHED")
     return result

@@ -144,6 +144,7 @@ def transcode(
     crf: int = 18,
     preset: str = "veryfast",
     metadata: dict[str, str] | None = None,
+    x264_params: str | None = None,
     progress: bool = True,
     desc: str = "video",
 ) -> dict:
@@ -154,7 +155,8 @@ def transcode(
     shape, uint8) or None to let the frame through as decoded: with no rotation or non-square
     pixels to undo, the decoded YUV planes go to the encoder untouched (bit-exact after decoding
     when crf is 0). Every frame keeps its presentation time, so frame count, frame rate (constant
-    or variable) and duration are those of the input. `metadata` becomes container tags.
+    or variable) and duration are those of the input. `metadata` becomes container tags;
+    `x264_params` is passed to libx264 as is.
 
     Returns {"frames", "processed", "fps", "width", "height", "audio_copied", "audio_dropped"}.
     Raises BadVideo when `src` cannot be read."""
@@ -204,7 +206,7 @@ def transcode(
                 ovs = out.add_stream("libx264", rate=rate)
                 ovs.width, ovs.height, ovs.pix_fmt = width, height, pix_fmt
                 ovs.codec_context.time_base = vs.time_base or Fraction(1, 90000)
-                ovs.options = {"crf": str(crf), "preset": preset}
+                ovs.options = {"crf": str(crf), "preset": preset} | ({"x264-params": x264_params} if x264_params else {})
 
             def write(frame):
                 for packet in ovs.encode(frame):
