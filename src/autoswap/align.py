@@ -51,21 +51,14 @@ def template_points(face_size: int) -> np.ndarray:
 
 def umeyama(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Least-squares similarity transform (rotation, uniform scale, translation) taking the
-    points `src` (N, 2) onto `dst` (N, 2): Umeyama 1991. Returns the 2x3 matrix [s*R | t]."""
-    src = np.asarray(src, dtype=np.float64)
-    dst = np.asarray(dst, dtype=np.float64)
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    sc, dc = src - mu_s, dst - mu_d
-    cov = dc.T @ sc / len(src)
-    u, s, vt = np.linalg.svd(cov)
-    d = np.ones(2)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:  # a reflection: flip the weakest axis
-        d[-1] = -1
-    rot = u @ np.diag(d) @ vt
-    var_s = (sc**2).sum() / len(src)
-    scale = (s * d).sum() / var_s if var_s > 0 else 1.0
-    t = mu_d - scale * rot @ mu_s
-    return np.hstack([scale * rot, t[:, None]])
+    points `src` (N, 2) onto `dst` (N, 2): Umeyama 1991, as scikit-image implements it.
+    Returns the 2x3 matrix [s*R | t]."""
+    from skimage.transform import SimilarityTransform
+
+    tform = SimilarityTransform.from_estimate(np.asarray(src, np.float64), np.asarray(dst, np.float64))
+    if not tform:  # degenerate points (all equal): a failed estimate is falsy
+        raise ValueError(f"cannot fit a similarity transform: {tform}")
+    return np.asarray(tform.params[:2], np.float64)
 
 
 def apply_affine(affine: np.ndarray, points: np.ndarray) -> np.ndarray:

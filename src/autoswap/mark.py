@@ -211,7 +211,7 @@ def _dct_matrix(n: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _Layout:
-    slots: tuple[np.ndarray, ...]  # index arrays into the (n, n, 8, 8) coefficient array
+    n_slots: int
     bit_of: np.ndarray  # (S,) which code bit each slot carries
     dither: np.ndarray  # (S,) in [0, 1): the slot's lattice offset, in steps
     key: np.ndarray  # (WM_BITS,) XORed onto the code bits
@@ -223,10 +223,9 @@ def _layout() -> _Layout:
     if _LAYOUT is None:
         rng = np.random.default_rng(_WM_SEED)
         n = WM_CANVAS // 2 // WM_BLOCK
-        slots = np.array([(a, b, u, v) for a in range(n) for b in range(n) for u, v in WM_POSITIONS]).T
-        s = slots.shape[1]
+        s = n * n * len(WM_POSITIONS)  # slots: block row, block column, position
         _LAYOUT = _Layout(
-            slots=tuple(slots), bit_of=rng.permutation(np.arange(s) % WM_BITS), dither=rng.random(s),
+            n_slots=s, bit_of=rng.permutation(np.arange(s) % WM_BITS), dither=rng.random(s),
             key=rng.integers(0, 2, WM_BITS).astype(np.uint8), dct=_dct_matrix(WM_BLOCK),
         )
     return _LAYOUT
@@ -235,29 +234,41 @@ def _layout() -> _Layout:
 _LAYOUT: _Layout | None = None
 
 
-def _luma(rgb: np.ndarray) -> np.ndarray:
-    rgb = rgb.astype(np.float32)
-    return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114  # as JPEG's Y
+def _basis() -> np.ndarray:
+    """(K, 64): the 8x8 DCT basis functions of WM_POSITIONS, flattened (orthonormal)."""
+    d = _layout().dct
+    return np.stack([np.outer(d[u], d[v]).ravel() for u, v in WM_POSITIONS])
 
 
-def _analyse(luma: np.ndarray) -> np.ndarray:
-    """(H, W) luma -> (n, n, 8, 8) block DCT of the Haar LL band of the 256x256 canvas."""
+_BASIS = _basis()
+
+
+def _grey(rgb: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)  # JPEG's Y, rounded (noise << step)
+
+
+def _analyse(grey: np.ndarray) -> np.ndarray:
+    """(H, W) luma -> (slots,) the watermark's DCT coefficients of the Haar LL band of the luma
+    on the 256x256 canvas, in slot order (block row, block column, position)."""
     import cv2
     import pywt
 
-    h, w = luma.shape
+    h, w = grey.shape[:2]
     interp = cv2.INTER_AREA if min(h, w) >= WM_CANVAS else cv2.INTER_CUBIC
-    canvas = cv2.resize(luma, (WM_CANVAS, WM_CANVAS), interpolation=interp)
+    canvas = cv2.resize(grey, (WM_CANVAS, WM_CANVAS), interpolation=interp)
     ll, _ = pywt.dwt2(canvas.astype(np.float64), "haar")
-    n, b, d = ll.shape[0] // WM_BLOCK, WM_BLOCK, _layout().dct
-    blocks = ll.reshape(n, b, n, b).transpose(0, 2, 1, 3)
-    return np.einsum("ij,abjk,lk->abil", d, blocks, d)
+    n, b = ll.shape[0] // WM_BLOCK, WM_BLOCK
+    blocks = ll.reshape(n, b, n, b).transpose(0, 2, 1, 3).reshape(n * n, b * b)
+    return (blocks @ _BASIS.T).ravel()
 
 
 def _synthesise(coef: np.ndarray) -> np.ndarray:
-    """Inverse of the block DCT: (n, n, 8, 8) -> (n*8, n*8) LL-band values."""
-    n, b, d = coef.shape[0], WM_BLOCK, _layout().dct
-    return np.einsum("ji,abjk,kl->abil", d, coef, d).transpose(0, 2, 1, 3).reshape(n * b, n * b)
+    """Inverse of _analyse's projection: (slots,) coefficient changes -> (128, 128) LL change."""
+    n, b = WM_CANVAS // 2 // WM_BLOCK, WM_BLOCK
+    blocks = coef.reshape(n * n, len(WM_POSITIONS)) @ _BASIS
+    return blocks.reshape(n, n, b, b).transpose(0, 2, 1, 3).reshape(n * b, n * b)
 
 
 def _crc16(wm_id: int) -> int:
@@ -277,22 +288,21 @@ def embed_watermark(rgb: np.ndarray, wm_id: int) -> np.ndarray:
         raise ValueError("watermark ID must fit in 32 bits")
     lay = _layout()
     code = (_code_bits(wm_id) ^ lay.key)[lay.bit_of]
-    base = rgb.astype(np.float32)
     h, w = rgb.shape[:2]
     offset = (lay.dither + code / 2.0) * WM_STEP
-    c0 = _analyse(_luma(rgb))[lay.slots]
-    target = np.round((c0 - offset) / WM_STEP) * WM_STEP + offset  # the nearest lattice point
+    grey = _grey(rgb).astype(np.float32)
+    c = _analyse(grey)
+    target = np.round((c - offset) / WM_STEP) * WM_STEP + offset  # the nearest lattice point
     total = np.zeros((WM_CANVAS // 2, WM_CANVAS // 2))
-    out = rgb
-    for _ in range(WM_PASSES):
-        err = target - _analyse(_luma(out))[lay.slots]
-        coef = np.zeros((WM_CANVAS // 2 // WM_BLOCK,) * 2 + (WM_BLOCK, WM_BLOCK))
-        coef[lay.slots] = err
-        total += _synthesise(coef)
-        # an LL change of x is a change of x/2 per pixel of the canvas (Haar LL = 2 x the mean)
+    for i in range(WM_PASSES):
+        total += _synthesise(target - c)
+        # an LL change of x is a change of x/2 per pixel of the canvas (Haar LL = 2 x the mean);
+        # each pass measures what resizing the change to the image and back leaves of it
         change = cv2.resize((total / 2.0).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
-        out = np.clip(np.rint(base + change[..., None]), 0, 255).astype(np.uint8)
-    return out
+        if i + 1 < WM_PASSES:
+            c = _analyse(grey + change)
+    # the same change on R, G and B is a luma-only change (rounded and clipped to 0-255)
+    return cv2.add(np.ascontiguousarray(rgb), cv2.merge([change, change, change]), dtype=cv2.CV_8U)
 
 
 @dataclass(frozen=True)
@@ -319,7 +329,7 @@ def _decide(soft: np.ndarray) -> WatermarkReading:
 def watermark_soft(rgb: np.ndarray) -> np.ndarray:
     """Per-slot soft values of an image: +1 on the lattice of code bit 0, -1 on that of bit 1."""
     lay = _layout()
-    c = _analyse(_luma(rgb))[lay.slots]
+    c = _analyse(_grey(rgb))
     return np.cos(2.0 * np.pi * (c / WM_STEP - lay.dither))
 
 

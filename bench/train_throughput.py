@@ -1,0 +1,598 @@
+"""Training and input-pipeline throughput of autoswap on this machine, side by side with the seed.
+
+    PYTHONPATH=src .venv/bin/python bench/train_throughput.py \
+        [--seed-ref ~/.venv-seedref/bin/python] [--mixed-precision] [--jit] \
+        [--rounds 3] [--steps 4] [--warmup 2]
+    PYTHONPATH=src .venv/bin/python bench/train_throughput.py --profile [--mixed-precision]
+
+Measures, at the seed's full configuration (64 px, `ModelSettings()` widths, 16 faces per person,
+32 images per step):
+
+* train: images/s of our training loop as `autoswap.train` runs it -- the tf.data pipeline
+  (`make_batch` for A and B, parallel map, prefetch 2) feeding the compiled step (shared encoder
+  on the concatenated A+B batch, both decoders, MAE, Adam 5e-5 / beta_1 0.5, constant schedule,
+  op determinism on as `train.deterministic` defaults). Per-step wall times after warm-up; the
+  figure is 32 / median step time. Variants: float32 (always), mixed_bfloat16 (--mixed-precision),
+  XLA (--jit), both. The variants live in one process and their timed steps alternate, so a
+  change in the machine's load hits all of them alike.
+* data: images/s of the input pipeline alone (the same tf.data pipeline, nothing consuming it).
+* with --seed-ref PYTHON: the seed's program (`seed_reference.py`, run under PYTHON, TF 2.15 +
+  tensorflow-addons) on the same JPEG files: `seed train` (batch 16 per person, --seed-steps
+  steps) and `MODE=data` (batch 64, --seed-data-batches batches). Our measurements and the
+  seed's alternate round by round; ratios are of medians over rounds.
+
+Faces: 64 per person (--images) rendered at 256 px by `autoswap.synthetic.render` and saved as
+JPEG in a temporary folder; the seed reads and resizes them to 128, we decode them once
+(`load_faces`, 128 px) as training does.
+
+Each measurement also records `foreign_cpu`: the share of the machine's CPU time used by other
+processes during it (from /proc/stat). On a shared machine figures with a high share are slowed
+by the neighbours and should be compared only with figures taken at the same time.
+
+--profile instead traces a few of our steps with the TensorFlow profiler (inter-op parallelism 1,
+so the ops run one after another and their times add up to the step) and prints the time by
+kind (convolution forward / backprop-filter / backprop-input, dense, Adam update, other) and by
+layer, plus separate timings of forward, forward+backward, and the optimizer update alone.
+
+Results: bench/results/train_throughput.json (or train_profile.json), and a table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+TARGETS = {"train": 2.0, "data": 5.0}
+
+
+# ----------------------------------------------------------------------------- machine
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = line.split(":", 1)[1].split()
+                return sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
+    except OSError:
+        pass
+    return []
+
+
+def loadavg() -> list[float]:
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return []
+
+
+class ForeignCPU:
+    """Share of the machine's CPU capacity used by processes other than this one (and the
+    children it waited for) between start() and stop(), from /proc/stat."""
+
+    @staticmethod
+    def _busy() -> float | None:
+        try:
+            v = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        except (OSError, ValueError):
+            return None
+        user, nice, system, idle, iowait, irq, softirq, steal = (v + [0] * 8)[:8]
+        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _own() -> float:
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    def start(self):
+        self.b0, self.o0, self.t0 = self._busy(), self._own(), time.perf_counter()
+        return self
+
+    def stop(self) -> float | None:
+        b1, o1, t1 = self._busy(), self._own(), time.perf_counter()
+        if self.b0 is None or b1 is None:
+            return None
+        others = max(0.0, (b1 - self.b0) - (o1 - self.o0))
+        return round(min(1.0, others / ((t1 - self.t0) * (os.cpu_count() or 1))), 3)
+
+
+# ----------------------------------------------------------------------------- data
+def write_faces(root: Path, per_person: int, size: int = 256, seed: int = 0) -> tuple[Path, Path]:
+    """`per_person` synthetic faces of A and B as JPEG files in root/a, root/b."""
+    from PIL import Image
+
+    from autoswap.config import SyntheticSettings
+    from autoswap.synthetic import image_conditions, render
+
+    cfg = SyntheticSettings()
+    dirs = []
+    for person in ("a", "b"):
+        d = root / person
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_person):
+            img = render(person, image_conditions(cfg, seed, person, "train", i), size)
+            Image.fromarray(img).save(d / f"{i:05d}.jpg", quality=92)
+        dirs.append(d)
+    return dirs[0], dirs[1]
+
+
+# ----------------------------------------------------------------------------- our side
+def settings_for(args, jit: bool, bf16: bool):
+    from autoswap.config import Settings
+
+    s = Settings()  # defaults: the seed's model (64 px, full widths), batch 16, Adam 5e-5 b1 0.5
+    return s.model_copy(update={"train": s.train.model_copy(update={
+        "batch_size": args.batch, "jit_compile": jit, "mixed_precision": bf16,
+    })})
+
+
+def make_dataset(settings, faces_a, faces_b, start: int = 0, stop: int = 10**9):
+    """The tf.data pipeline of autoswap.train: (step, warped A, target A, warped B, target B)."""
+    from autoswap import train as T
+
+    if hasattr(T, "make_dataset"):
+        return T.make_dataset(settings, faces_a, faces_b, start, stop)
+    # --- a copy of the pipeline inside autoswap.train.train (keep in step with it)
+    import tensorflow as tf
+
+    from autoswap.pipeline import BatchSpec, make_batch
+
+    spec = BatchSpec.from_settings(settings)
+    fa, fb = tf.constant(faces_a), tf.constant(faces_b)
+
+    def batches(s):
+        wa, ta = make_batch(spec, fa, s, 0)
+        wb, tb = make_batch(spec, fb, s, 1)
+        return s, wa, ta, wb, tb
+
+    return (
+        tf.data.Dataset.range(start, stop)
+        .map(batches, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .prefetch(2)
+    )
+
+
+def make_train_step(settings, nets, optimizer):
+    """The compiled step of autoswap.train; returns (step_fn, where it came from)."""
+    from autoswap import train as T
+
+    t = settings.train
+    if hasattr(T, "make_train_step"):
+        return T.make_train_step(nets, optimizer, t.batch_size, jit_compile=t.jit_compile), "autoswap.train"
+    # --- a copy of the step inside autoswap.train.train (keep in step with it)
+    import keras
+    import tensorflow as tf
+
+    encoder, decoder_a, decoder_b = nets
+    train_vars = encoder.trainable_variables + decoder_a.trainable_variables + decoder_b.trainable_variables
+    mae = keras.losses.MeanAbsoluteError()
+    b = t.batch_size
+
+    @tf.function(jit_compile=t.jit_compile, reduce_retracing=True)
+    def train_step(wa, ta, wb, tb):
+        with tf.GradientTape() as tape:
+            z = encoder(tf.concat([wa, wb], 0), training=True)
+            ya = decoder_a(z[:b], training=True)
+            yb = decoder_b(z[b:], training=True)
+            loss_a, loss_b = mae(ta, ya), mae(tb, yb)
+            loss = loss_a + loss_b
+        grads = tape.gradient(loss, train_vars)
+        optimizer.apply_gradients(zip(grads, train_vars, strict=True))
+        return loss_a, loss_b
+
+    return train_step, "bench copy of autoswap.train"
+
+
+class Ours:
+    """One variant of our training loop: nets, Adam, compiled step, its own dataset iterator."""
+
+    def __init__(self, name: str, settings, faces_a, faces_b):
+        import keras
+        import numpy as np
+
+        from autoswap import model as M
+        from autoswap.train import LRSchedule
+
+        self.name, self.settings = name, settings
+        t = settings.train
+        keras.utils.set_random_seed(settings.seed)
+        keras.mixed_precision.set_global_policy("mixed_bfloat16" if t.mixed_precision else "float32")
+        try:
+            self.nets = M.build(settings.model)
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+        schedule = LRSchedule(t.lr_schedule, t.learning_rate, t.steps)
+        self.optimizer = keras.optimizers.Adam(learning_rate=schedule, beta_1=t.beta_1, beta_2=t.beta_2)
+        train_vars = [v for n in self.nets for v in n.trainable_variables]
+        self.n_params = sum(int(np.prod(v.shape)) for v in train_vars)
+        self.optimizer.build(train_vars)
+        self.step_fn, self.step_source = make_train_step(settings, self.nets, self.optimizer)
+        self.it = iter(make_dataset(settings, faces_a, faces_b))
+        self.times: list[float] = []
+        self.foreign: list[float | None] = []
+        self.compile_s = None
+        self.loss = None
+
+    def step(self) -> float:
+        t0 = time.perf_counter()
+        _, wa, ta, wb, tb = next(self.it)
+        la, lb = self.step_fn(wa, ta, wb, tb)
+        self.loss = (float(la), float(lb))  # waits for the step
+        return time.perf_counter() - t0
+
+    def warmup(self, n: int):
+        for i in range(n):
+            dt = self.step()
+            if i == 0:
+                self.compile_s = round(dt, 2)
+
+    def timed(self) -> None:
+        fc = ForeignCPU().start()
+        self.times.append(self.step())
+        self.foreign.append(fc.stop())
+
+
+def time_our_data(settings, faces_a, faces_b, n_elements: int, warmup: int = 3) -> dict:
+    """Images/s of the training input pipeline alone: a fresh iterator, warm-up, then
+    n_elements elements of 2 x batch images."""
+    ds = make_dataset(settings, faces_a, faces_b)
+    it = iter(ds)
+    for _ in range(warmup):
+        next(it)
+    fc = ForeignCPU().start()
+    t0 = time.perf_counter()
+    for _ in range(n_elements):
+        el = next(it)
+    el[1].numpy()
+    dt = time.perf_counter() - t0
+    return {"img_s": round(2 * settings.train.batch_size * n_elements / dt, 1), "foreign_cpu": fc.stop()}
+
+
+# ----------------------------------------------------------------------------- the seed
+def run_seed(python: str, script: Path, dir_a: Path, dir_b: Path, mode: str, batch: int, n: int) -> dict:
+    env = dict(os.environ, MODE=mode, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("PYTHONPATH", None)
+    fc = ForeignCPU().start()
+    p = subprocess.run(
+        [python, str(script), str(dir_a), str(dir_b), str(batch), str(n)],
+        env=env, capture_output=True, text=True, timeout=3600,
+    )
+    foreign = fc.stop()
+    out = p.stdout + p.stderr
+    if mode == "data":
+        m = re.search(r"seed data: ([\d.]+) img/s", out)
+    else:
+        m = re.search(r"seed train: ([\d.]+) s/step, ([\d.]+) img/s", out)
+    if p.returncode != 0 or not m:
+        raise RuntimeError(f"seed reference failed (rc {p.returncode}):\n{out[-3000:]}")
+    img_s = float(m.group(1) if mode == "data" else m.group(2))
+    return {"img_s": img_s, "foreign_cpu": foreign}
+
+
+def seed_tf_version(python: str) -> str | None:
+    try:
+        p = subprocess.run(
+            [python, "-c", "import tensorflow as tf; print(tf.__version__)"],
+            capture_output=True, text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        )
+        return p.stdout.strip().splitlines()[-1] if p.returncode == 0 and p.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# ----------------------------------------------------------------------------- profile
+def _layer_and_kind(name: str, op: str) -> tuple[str, str]:
+    m = re.search(r"(encoder|decoder_[ab])(?:_\d+)?/(\w+?)(?:_\d+)?/", name)
+    layer = f"{m.group(1)}/{m.group(2)}" if m else ("adam" if "adam" in name.lower() else "other")
+    if layer == "adam":
+        return layer, "adam update"
+    bwd = "gradient_tape" in name
+    if "Conv2DBackpropFilter" in op:
+        return layer, "conv backprop-filter (+bias grad)"
+    if "Conv2DBackpropInput" in op:
+        return layer, "conv backprop-input"
+    if "Conv2D" in op:
+        return layer, "conv forward (fused bias+leaky_relu)"
+    if "MatMul" in op:
+        return layer, "dense backward" if bwd else "dense forward"
+    return layer, "other backward" if bwd else "other forward"
+
+
+def profile(args, faces_a, faces_b) -> dict:
+    import keras
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    variants = [("ours", False)] + ([("ours_bf16", True)] if args.mixed_precision else [])
+    out = {}
+    for name, bf16 in variants:
+        s = settings_for(args, False, bf16)
+        o = Ours(name, s, faces_a, faces_b)
+        _, wa, ta, wb, tb = next(o.it)
+        enc, da, db = o.nets
+        b = s.train.batch_size
+        mae = keras.losses.MeanAbsoluteError()
+        train_vars = [v for n in o.nets for v in n.trainable_variables]
+
+        @tf.function
+        def forward(wa, ta, wb, tb):
+            z = enc(tf.concat([wa, wb], 0), training=True)
+            return mae(ta, da(z[:b], training=True)) + mae(tb, db(z[b:], training=True))
+
+        @tf.function
+        def grads(wa, ta, wb, tb):
+            with tf.GradientTape() as tape:
+                loss = forward(wa, ta, wb, tb)
+            return tape.gradient(loss, train_vars)
+
+        g = grads(wa, ta, wb, tb)
+
+        @tf.function
+        def apply(g):
+            o.optimizer.apply_gradients(zip(g, train_vars))
+
+        def med(f, *a):
+            f(*a)
+            ts = []
+            for _ in range(args.steps):
+                t0 = time.perf_counter()
+                r = f(*a)
+                if r is not None:
+                    tf.nest.flatten(r)[0].numpy()
+                ts.append(time.perf_counter() - t0)
+            return round(statistics.median(ts), 3)
+
+        def step():
+            return o.step_fn(wa, ta, wb, tb)[0].numpy()
+
+        step(), step()
+        parts = {
+            "forward_s": med(forward, wa, ta, wb, tb),
+            "forward_backward_s": med(grads, wa, ta, wb, tb),
+            "optimizer_apply_s": med(apply, g),
+            "step_s": med(step),
+        }
+        logdir = Path(tempfile.mkdtemp(prefix="autoswap-prof-"))
+        n = args.steps
+        fc = ForeignCPU().start()
+        tf.profiler.experimental.start(str(logdir))
+        for _ in range(n):
+            step()
+        tf.profiler.experimental.stop()
+        foreign = fc.stop()
+        xs = xplane_pb2.XSpace()
+        xs.ParseFromString(next(logdir.rglob("*.xplane.pb")).read_bytes())
+        by_kind: dict[str, float] = {}
+        by_layer: dict[str, dict[str, float]] = {}
+        wall = 0.0
+        for plane in xs.planes:
+            if plane.name != "/host:CPU":
+                continue
+            for line in plane.lines:
+                for ev in line.events:
+                    nm = plane.event_metadata[ev.metadata_id].name
+                    d = ev.duration_ps / 1e12 / n
+                    if line.name == "python" and nm.startswith("EagerLocalExecute: __inference"):
+                        wall += d
+                    if not line.name.startswith("tf_Compute") or nm.startswith("ExecutorState") or ":" not in nm:
+                        continue
+                    opname, op = nm.rsplit(":", 1)
+                    layer, kind = _layer_and_kind(opname, op)
+                    by_kind[kind] = by_kind.get(kind, 0.0) + d
+                    by_layer.setdefault(layer, {})
+                    by_layer[layer][kind] = by_layer[layer].get(kind, 0.0) + d
+        total = sum(by_kind.values())
+        out[name] = {
+            "parts": parts,
+            "traced_step_s": round(wall, 3),
+            "op_time_s": round(total, 3),
+            "foreign_cpu": foreign,
+            "by_kind": {k: {"s": round(v, 3), "share": round(v / total, 3)}
+                        for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
+            "by_layer": {k: {kk: round(vv, 3) for kk, vv in v.items()} | {"total": round(sum(v.values()), 3)}
+                         for k, v in sorted(by_layer.items(), key=lambda kv: -sum(kv[1].values()))
+                         if sum(v.values()) >= 0.005},
+        }
+        del o
+    return out
+
+
+def print_profile(res: dict) -> None:
+    for name, r in res.items():
+        p = r["parts"]
+        print(f"\n{name}: step {p['step_s']} s (traced {r['traced_step_s']} s, ops {r['op_time_s']} s, "
+              f"foreign cpu {r['foreign_cpu']}); forward {p['forward_s']} s, forward+backward "
+              f"{p['forward_backward_s']} s, optimizer apply {p['optimizer_apply_s']} s")
+        for k, v in r["by_kind"].items():
+            print(f"  {k:38s} {v['s']:7.3f} s {100 * v['share']:5.1f} %")
+        print("  by layer (s/step):")
+        for k, v in list(r["by_layer"].items())[:14]:
+            rest = " ".join(f"{kk.split(' ')[0] + ('-' + kk.split(' ')[1] if ' ' in kk and 'backprop' in kk else '')}"
+                            f"={vv}" for kk, vv in v.items() if kk != "total")
+            print(f"    {k:24s} {v['total']:6.3f}  {rest}")
+
+
+# ----------------------------------------------------------------------------- main
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seed-ref", metavar="PYTHON", help="interpreter with TF 2.15 + tensorflow-addons; "
+                    "runs the seed's program side by side")
+    ap.add_argument("--seed-script", type=Path, default=REPO / ".." / "shared" / "bench" / "seed_reference.py")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of ours and the seed")
+    ap.add_argument("--steps", type=int, default=4, help="timed training steps per variant per round")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps per variant before the first round")
+    ap.add_argument("--seed-steps", type=int, default=3, help="timed steps of each seed run")
+    ap.add_argument("--data-images", type=int, default=1280, help="images per input-pipeline measurement")
+    ap.add_argument("--seed-data-batch", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=16, help="faces per person per step (the seed's 16)")
+    ap.add_argument("--images", type=int, default=64, help="JPEG faces per person")
+    ap.add_argument("--jit", action="store_true", help="also measure the XLA (jit_compile) step")
+    ap.add_argument("--mixed-precision", action="store_true", help="also measure mixed_bfloat16")
+    ap.add_argument("--no-fp32", action="store_true", help="skip the float32 variant")
+    ap.add_argument("--no-data", action="store_true", help="skip the input-pipeline measurements")
+    ap.add_argument("--no-train", action="store_true", help="skip the training measurements")
+    ap.add_argument("--no-determinism", action="store_true",
+                    help="leave op determinism off (train.deterministic: false)")
+    ap.add_argument("--inter-op", type=int, help="tf.config.threading inter-op threads (ours)")
+    ap.add_argument("--intra-op", type=int, help="tf.config.threading intra-op threads (ours)")
+    ap.add_argument("--profile", action="store_true", help="profile our step instead (see above)")
+    ap.add_argument("--out", type=Path, help="JSON output (default bench/results/train_throughput.json, "
+                    "or train_profile.json with --profile)")
+    args = ap.parse_args()
+
+    import tensorflow as tf
+
+    if args.profile and args.inter_op is None:
+        args.inter_op = 1  # ops one after another: their times add up to the step
+    if args.inter_op is not None:
+        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op)
+    if args.intra_op is not None:
+        tf.config.threading.set_intra_op_parallelism_threads(args.intra_op)
+    import keras
+
+    from autoswap.pipeline import load_faces
+
+    info = {
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "cpu_flags": cpu_flags(),
+                    "platform": platform.platform()},
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "env": {k: os.environ[k] for k in sorted(os.environ)
+                if k.startswith(("TF_", "ONEDNN_", "DNNL_", "OMP_", "XLA_")) and k != "TF_CPP_MIN_LOG_LEVEL"},
+        "threads": {"inter_op": args.inter_op, "intra_op": args.intra_op},
+        "config": {"input_size": 64, "model": "ModelSettings() defaults (the seed's widths)",
+                   "batch_per_person": args.batch, "images_per_step": 2 * args.batch,
+                   "faces_per_person": args.images, "deterministic": not args.no_determinism},
+        "loadavg_start": loadavg(),
+    }
+    if not args.no_determinism:
+        tf.config.experimental.enable_op_determinism()  # as autoswap.train with deterministic: true
+
+    with tempfile.TemporaryDirectory(prefix="autoswap-bench-") as tmp:
+        dir_a, dir_b = write_faces(Path(tmp), args.images)
+        faces_a, _, _ = load_faces(dir_a, 128)
+        faces_b, _, _ = load_faces(dir_b, 128)
+
+        if args.profile:
+            res = profile(args, faces_a, faces_b)
+            info["loadavg_end"] = loadavg()
+            out = args.out or RESULTS / "train_profile.json"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(info | {"profile": res}, indent=2) + "\n")
+            print_profile(res)
+            print(f"\nwritten {out}")
+            return
+
+        seed_script = args.seed_script.resolve()
+        if args.seed_ref:
+            if not seed_script.is_file():
+                sys.exit(f"{seed_script}: not found (--seed-script)")
+            info["seed"] = {"python": args.seed_ref, "script": str(seed_script),
+                            "tensorflow": seed_tf_version(args.seed_ref),
+                            "train_steps_per_run": args.seed_steps, "data_batch": args.seed_data_batch}
+
+        variants = []
+        for jit, bf16 in ((False, False), (False, True), (True, False), (True, True)):
+            if (jit and not args.jit) or (bf16 and not args.mixed_precision) or (args.no_fp32 and not bf16):
+                continue
+            variants.append(("ours" + ("_jit" if jit else "") + ("_bf16" if bf16 else ""), jit, bf16))
+
+        ours: list[Ours] = []
+        if not args.no_train:
+            for name, jit, bf16 in variants:
+                print(f"building {name} ...", flush=True)
+                o = Ours(name, settings_for(args, jit, bf16), faces_a, faces_b)
+                o.warmup(args.warmup)
+                print(f"  {o.n_params:,} parameters; first step {o.compile_s} s; step from {o.step_source}",
+                      flush=True)
+                ours.append(o)
+
+        data_settings = settings_for(args, False, False)
+        seed_train, seed_data, our_data = [], [], []
+        for r in range(args.rounds):
+            order = ["seed", "ours"] if r % 2 == 0 else ["ours", "seed"]
+            for who in order:
+                if who == "seed" and args.seed_ref and not args.no_train:
+                    seed_train.append(run_seed(args.seed_ref, seed_script, dir_a, dir_b, "train", args.batch,
+                                               args.seed_steps))
+                    print(f"round {r}: seed train {seed_train[-1]}", flush=True)
+                if who == "ours" and ours:
+                    for _ in range(args.steps):
+                        for o in ours:  # alternate the variants step by step
+                            o.timed()
+                    print(f"round {r}: " + ", ".join(
+                        f"{o.name} {statistics.median(o.times[-args.steps:]):.2f} s/step" for o in ours), flush=True)
+            if args.no_data:
+                continue
+            for who in order:
+                if who == "seed" and args.seed_ref:
+                    seed_data.append(run_seed(args.seed_ref, seed_script, dir_a, dir_b, "data",
+                                              args.seed_data_batch, max(1, args.data_images // args.seed_data_batch)))
+                    print(f"round {r}: seed data {seed_data[-1]}", flush=True)
+                if who == "ours":
+                    our_data.append(time_our_data(data_settings, faces_a, faces_b,
+                                                  max(1, args.data_images // (2 * args.batch))))
+                    print(f"round {r}: ours data {our_data[-1]}", flush=True)
+
+    def summary(rounds: list[dict]) -> dict:
+        return {"img_s": round(statistics.median(x["img_s"] for x in rounds), 2), "rounds": rounds}
+
+    train = {}
+    if seed_train:
+        train["seed"] = summary(seed_train)
+    for o in ours:
+        med = statistics.median(o.times)
+        e = {"img_s": round(2 * args.batch / med, 2), "s_per_step": round(med, 3),
+             "step_times_s": [round(x, 3) for x in o.times], "foreign_cpu": o.foreign,
+             "first_step_s": o.compile_s, "last_loss": o.loss, "step_source": o.step_source}
+        if seed_train:
+            e["ratio_vs_seed"] = round(e["img_s"] / train["seed"]["img_s"], 2)
+        train[o.name] = e
+    data = {}
+    if seed_data:
+        data["seed"] = summary(seed_data) | {"batch": args.seed_data_batch}
+    if our_data:
+        data["ours"] = summary(our_data) | {"batch": f"{args.batch} per person x 2"}
+        if seed_data:
+            data["ours"]["ratio_vs_seed"] = round(data["ours"]["img_s"] / data["seed"]["img_s"], 2)
+    info["loadavg_end"] = loadavg()
+    info |= {"train": train, "data": data, "targets_vs_seed": TARGETS}
+    out = args.out or RESULTS / "train_throughput.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(info, indent=2) + "\n")
+
+    print(f"\n{info['machine']['cpu']}, {info['machine']['cores']} cores, TF {tf.__version__}"
+          + (f" (seed: TF {info['seed']['tensorflow']})" if args.seed_ref else ""))
+    print(f"{'':22s} {'img/s':>8s} {'vs seed':>8s} {'target':>7s}")
+    for section, rows in (("train", train), ("data", data)):
+        for name, e in rows.items():
+            ratio = e.get("ratio_vs_seed")
+            print(f"{section + ' ' + name:22s} {e['img_s']:8.2f} {'' if ratio is None else f'{ratio:.2f}x':>8s} "
+                  f"{'' if ratio is None else f'{TARGETS[section]:.1f}x':>7s}")
+    print(f"load average {info['loadavg_start']} -> {info['loadavg_end']}; written {out}")
+
+
+if __name__ == "__main__":
+    main()
