@@ -46,6 +46,7 @@ def project(tmp_path_factory):
     (d / "params.yaml").write_text(yaml.safe_dump(params))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["XDG_CONFIG_HOME"] = str(d / "config")  # the local C2PA signer, not the CI user's
     env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "test"
     env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "test@example.com"
     sh("git init -q && dvc init -q && dvc config core.analytics false", d, env)
@@ -56,7 +57,7 @@ def project(tmp_path_factory):
 def test_dvc_repro_end_to_end(project):
     d, env = project
     out = sh("dvc repro", d, env)
-    for stage in ("prepare", "train", "evaluate", "preview"):
+    for stage in ("prepare", "train", "evaluate", "preview", "swap"):
         assert f"Running stage '{stage}'" in out
     # DVC outputs
     assert len(list((d / "data/faces/a/train").glob("*.png"))) == 24
@@ -65,7 +66,9 @@ def test_dvc_repro_end_to_end(project):
     assert {"recon_mae", "recon_psnr", "recon_ssim", "swap_mae", "identity_swap_mae", "cycle_mae"} <= set(ev["a"])
     assert (d / "previews/swap_grid.png").stat().st_size > 1000 and (d / "previews/loss.png").is_file()
     lock = yaml.safe_load((d / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"prepare", "train", "evaluate", "preview"}
+    assert set(lock["stages"]) == {"prepare", "train", "evaluate", "preview", "swap"}
+    verify = json.loads((d / "swaps/verify.json").read_text())
+    assert verify, "the swap stage verified its outputs"
     # the MLflow run in the project's own store: metrics, preview artifact, weights
     meta = json.loads((d / "models/final/model.json").read_text())
     client = mlflow.MlflowClient(f"sqlite:///{d / 'mlruns' / 'mlflow.db'}")

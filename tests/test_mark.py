@@ -118,8 +118,9 @@ def test_no_watermark_found_in_100_unmarked_images(photos):
     assert len(images) == 100
     readings = [M.detect_watermark(v) for v in images]
     assert not any(r.found for r in readings)
-    # unmarked images agree with their best word at ~0.1 (threshold 0.3, marked ones > 0.6)
-    assert max(r.confidence for r in readings) < 0.22
+    # unmarked images agree with their best word at 0.11 +- 0.012 (measured max 0.15); the
+    # threshold is 0.2 and the CRC-16 must match too
+    assert max(r.confidence for r in readings) < 0.18 < M.WM_MIN_CONFIDENCE
 
 
 def test_a_flat_or_black_image_decodes_to_nothing():

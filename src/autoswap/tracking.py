@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 RUN_FILE = "mlflow_run.json"
+# the MLflow UI opens an experiment of this kind on its runs and charts (the default is GenAI traces)
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def project_root() -> Path:
@@ -42,11 +45,47 @@ def setup(experiment: str):
     # alembic prints its migration log at INFO on the first use of a new store
     logging.getLogger("alembic").setLevel(logging.WARNING)
     mlflow.set_tracking_uri(tracking_uri())
-    exp = mlflow.get_experiment_by_name(experiment)
-    if exp is None:
-        loc = artifact_root() or None
-        return mlflow.create_experiment(experiment, artifact_location=loc)
+    with store_lock():
+        # under the lock: the first use creates the tables, and two trainings started at once on a
+        # new store would otherwise both run the migrations and leave it broken for good
+        exp = mlflow.get_experiment_by_name(experiment)
+        if exp is None:
+            loc = artifact_root() or None
+            return mlflow.create_experiment(experiment, artifact_location=loc, tags=EXPERIMENT_TAGS)
+    for key, value in EXPERIMENT_TAGS.items():
+        if key not in exp.tags:  # an experiment made before autoswap set the tag
+            mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, key, value)
     return exp.experiment_id
+
+
+def ensure_store() -> None:
+    """Create the sqlite store's tables now if it has none, under `store_lock` (see setup)."""
+    import contextlib
+    import sqlite3
+
+    uri = tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return
+    with store_lock(), contextlib.closing(sqlite3.connect(uri[len("sqlite:///") :])) as db:
+        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'alembic_version'").fetchone() is None:
+            import mlflow
+
+            mlflow.MlflowClient(uri).search_experiments(max_results=1)
+
+
+@contextmanager
+def store_lock():
+    """An exclusive lock (flock on mlflow.db.lock) around the sqlite store's first use; a no-op
+    for any other tracking URI."""
+    uri = tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    with open(Path(uri[len("sqlite:///") :]).with_suffix(".db.lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        yield
 
 
 def git_commit() -> str | None:
