@@ -147,18 +147,33 @@ def cmd_verify(args):
 
 
 def cmd_ui(args):
-    import subprocess
+    import ipaddress
 
     from autoswap import tracking
+    from autoswap.errors import UserError
 
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
+    try:
+        loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:  # only ever from an explicit --host: the default is 127.0.0.1
         print(f"autoswap: warning: serving the MLflow UI on {args.host}: anyone who can reach it sees "
-              "and can change every run", file=sys.stderr)
+              "and can change every run (to open it by a host name, set MLFLOW_SERVER_ALLOWED_HOSTS)",
+              file=sys.stderr)
     uri = tracking.tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        raise UserError(f"MLFLOW_TRACKING_URI is {uri}: open that tracking server's own UI instead")
+    tracking.ensure_store()  # a new store's tables, under the lock trainings take, not in MLflow's start-up
+    # one worker is plenty for one person, and starts in a quarter of the time; MLflow's job runner
+    # (GenAI evaluations, which autoswap never uses) would add seven ~250 MB processes
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-           "--default-artifact-root", tracking.artifact_root(), "--host", args.host, "--port", str(args.port)]
-    print(f"autoswap: MLflow UI on http://{args.host}:{args.port} (store {uri}); Ctrl+C stops it")
-    return subprocess.call(cmd)
+           "--default-artifact-root", tracking.artifact_root(), "--host", args.host, "--port", str(args.port),
+           "--workers", "1"]
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    print(f"autoswap: MLflow UI on http://{args.host}:{args.port} (store {uri}); Ctrl+C stops it", flush=True)
+    sys.stderr.flush()
+    # become the server (exec), so that Ctrl+C and SIGTERM reach it and stop it with its worker
+    os.execve(sys.executable, cmd, env)
 
 
 def build_parser() -> argparse.ArgumentParser:
