@@ -1,0 +1,210 @@
+"""`autoswap ui`: the MLflow UI on the project's store, bound to 127.0.0.1, seen in a real browser
+(headless Chromium through Selenium and Debian's chromedriver; .ci/run installs both)."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import tiny_raw
+
+from autoswap import cli
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+# ----------------------------------------------------------------------------- helpers (also used by
+# test_reliability): the server as a subprocess in its own process group, stopped by that group's id
+def subprocess_env(project: Path) -> dict:
+    env = {**os.environ, "DVC_ROOT": str(project), "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("PYTEST_CURRENT_TEST", None)  # MLflow runs extra test-only checks when it sees this
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_ui(project: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "autoswap.cli", "ui", "--port", str(port)], cwd=project,
+            env=subprocess_env(project), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"autoswap ui exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=5) as r:
+                if r.status == 200:
+                    return proc, base
+        except OSError:
+            time.sleep(0.3)
+    stop(proc)
+    pytest.fail(f"autoswap ui did not answer within 180 s:\n{log.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses of the sockets listening on `port` (Linux /proc/net/tcp, hex little-endian)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not os.path.exists(table):
+            continue
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            addr, p = local.split(":")
+            if int(p, 16) == port and state == "0A":
+                found.add(addr)
+    return found
+
+
+# ----------------------------------------------------------------------------- tests
+def test_ui_binds_loopback_and_warns_when_exposed(monkeypatch, capsys, mlflow_store):
+    calls = []
+    monkeypatch.setattr(os, "execve", lambda path, argv, env: calls.append((argv, env)))
+
+    assert cli.main(["ui", "--port", "5999"]) == 0
+    argv, env = calls[-1]
+    assert argv[argv.index("--host") + 1] == "127.0.0.1" and argv[argv.index("--port") + 1] == "5999"
+    assert argv[argv.index("--backend-store-uri") + 1] == f"sqlite:///{mlflow_store / 'mlruns' / 'mlflow.db'}"
+    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    assert "warning" not in capsys.readouterr().err
+
+    for host in ("0.0.0.0", "192.168.1.5", "myhost.local"):
+        assert cli.main(["ui", "--host", host]) == 0
+        argv, _ = calls[-1]
+        assert argv[argv.index("--host") + 1] == host
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith(f"autoswap: warning: serving the MLflow UI on {host}")
+        assert "anyone who can reach it" in err[0]
+    for host in ("localhost", "::1", "127.0.0.2"):  # loopback, however written: no warning
+        cli.main(["ui", "--host", host])
+        assert "warning" not in capsys.readouterr().err
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    n = len(calls)
+    assert cli.main(["ui"]) == 1 and len(calls) == n
+    assert capsys.readouterr().err.strip() == (
+        "autoswap: MLFLOW_TRACKING_URI is http://tracking.example:5000: open that tracking server's own UI instead"
+    )
+
+
+@pytest.mark.skipif(
+    not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+    reason="needs Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver); "
+    "`apt-get install chromium chromium-driver` (.ci/run does)",
+)
+def test_ui_shows_both_runs_and_their_loss_charts(tmp_path, mlflow_store):
+    import mlflow
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    from test_train import random_faces
+
+    from autoswap import train as T
+    from autoswap.config import parse
+
+    # ---- a project store with two real trainings, at two learning rates
+    faces = tmp_path / "faces"
+    random_faces(faces)
+    runs = {}
+    for lr in ("1.0e-3", "3.0e-3"):
+        out = tmp_path / f"lr{lr}"
+        s = parse(tiny_raw(out, data={"faces_dir": str(faces)},
+                           train={"steps": 16, "log_every": 1, "learning_rate": float(lr), "preview_every": 8}))
+        T.train(s, metrics_dir=out / "metrics", plots_dir=out / "plots")
+        run_id = json.loads((out / "models" / "checkpoints" / "state.json").read_text())["run_id"]
+        # train seeds Python's `random`, so MLflow's generated run names repeat; name them for the picture
+        mlflow.MlflowClient().set_tag(run_id, "mlflow.runName", f"learning_rate {lr}")
+        runs[run_id] = lr
+    exp_id = mlflow.get_experiment_by_name("autoswap").experiment_id
+
+    proc, base = start_ui(mlflow_store, tmp_path / "ui.log")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path)}", "--window-size=1500,950"):
+        opts.add_argument(flag)
+    driver = None
+    try:
+        port = int(base.rsplit(":", 1)[1])
+        assert listening_addresses(port) <= {"0100007F", "00000000000000000000000001000000"}  # 127.0.0.1 / ::1
+
+        # Selenium Manager never runs (no download): the driver is given by path
+        driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=opts)
+        wait = WebDriverWait(driver, 90, poll_frequency=0.3)
+
+        # the experiment opens on its runs (tag mlflow.experimentKind), listing both
+        driver.get(f"{base}/#/experiments/{exp_id}")
+        for run_id in runs:
+            wait.until(lambda d, r=run_id: d.find_elements(By.CSS_SELECTOR, f'a[href*="/runs/{r}"]'))
+        assert "learning_rate 3.0e-3" in driver.find_element(By.TAG_NAME, "body").text
+
+        # a run's page: its parameters and metrics
+        run_id = next(iter(runs))
+        driver.get(f"{base}/#/experiments/{exp_id}/runs/{run_id}")
+        wait.until(lambda d: "train.learning_rate" in d.find_element(By.TAG_NAME, "body").text)
+        body = driver.find_element(By.TAG_NAME, "body").text
+        assert "loss_a" in body and "FINISHED" in body.upper()
+
+        # the chart view: loss_a drawn for both runs, one line each, a point per logged step
+        driver.get(f"{base}/#/experiments/{exp_id}/runs?compareRunsMode=CHART")
+
+        def loss_a_lines(d):
+            for card in d.find_elements(By.CSS_SELECTOR, '[data-testid="experiment-view-compare-runs-card"]'):
+                if card.text.split("\n", 1)[0].strip() == "loss_a":
+                    paths = [p.get_attribute("d") or "" for p in card.find_elements(By.CSS_SELECTOR, "path.js-line")]
+                    paths = [p for p in paths if p.count("L") >= 10]
+                    return paths if len(paths) >= 2 else None
+            return None
+
+        lines = wait.until(loss_a_lines)
+        assert len(lines) == 2 and lines[0] != lines[1]  # two learning rates, two curves
+
+        # the picture for the README: the loss charts only, the assistant side panel closed
+        for b in driver.find_elements(By.CSS_SELECTOR, 'button[aria-label="Close"]'):
+            if b.is_displayed():
+                b.click()
+        search = driver.find_elements(By.CSS_SELECTOR, 'input[placeholder="Search metric charts"]')
+        if search:
+            search[0].send_keys("loss")
+            wait.until(lambda d: not any(c.text.startswith("images_per_s") for c in d.find_elements(
+                By.CSS_SELECTOR, '[data-testid="experiment-view-compare-runs-card"]')))
+        wait.until(loss_a_lines)
+        time.sleep(1)  # let the charts finish their transition
+        shot = tmp_path / "mlflow_ui.png"
+        driver.save_screenshot(str(shot))
+        assert shot.stat().st_size > 20_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        if os.environ.get("AUTOSWAP_UI_SCREENSHOT"):  # refresh docs/mlflow_ui.png by hand
+            shutil.copyfile(shot, os.environ["AUTOSWAP_UI_SCREENSHOT"])
+    finally:
+        if driver is not None:
+            driver.quit()
+        stop(proc)
+    assert proc.returncode is not None
