@@ -94,3 +94,31 @@ def test_dvc_repro_end_to_end(project):
     assert len(runs) == 2
     tagged = [r for r in runs if r.data.tags.get("dvc.exp_name") == "lr2e3"]
     assert len(tagged) == 1 and tagged[0].data.params["train.learning_rate"] == "0.002"
+
+
+def test_queued_sweep_lands_in_the_project_store(project):
+    """`dvc exp run --queue` runs in a temporary copy of the repo: both runs must still land in
+    this project's MLflow store (rooted at DVC_ROOT), tagged with their experiment names."""
+    import time
+
+    d, env = project
+    client = mlflow.MlflowClient(f"sqlite:///{d / 'mlruns' / 'mlflow.db'}")
+    before = {r.info.run_id for r in client.search_runs([client.get_experiment_by_name("autoswap").experiment_id])}
+    sh("dvc exp run --queue -n q1 -S train.learning_rate=3.0e-3 && dvc exp run --queue -n q2 -S train.learning_rate=4.0e-3", d, env)
+    sh("dvc queue start -j 1", d, env)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        status = sh("dvc queue status", d, env)
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(5)
+    assert "Failed" not in status, status
+    exp_id = client.get_experiment_by_name("autoswap").experiment_id
+    new = [r for r in client.search_runs([exp_id]) if r.info.run_id not in before]
+    by_name = {r.data.tags.get("dvc.exp_name"): r for r in new}
+    assert set(by_name) == {"q1", "q2"}, [r.data.tags for r in new]
+    assert by_name["q1"].data.params["train.learning_rate"] == "0.003"
+    assert by_name["q2"].data.params["train.learning_rate"] == "0.004"
+    assert all(r.info.status == "FINISHED" and "eval.a.swap_mae" in r.data.metrics for r in new)
+    shown = sh("dvc exp show --csv", d, env)
+    assert "q1" in shown and "q2" in shown

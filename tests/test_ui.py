@@ -120,10 +120,6 @@ def test_ui_binds_loopback_and_warns_when_exposed(monkeypatch, capsys, mlflow_st
 )
 def test_ui_shows_both_runs_and_their_loss_charts(tmp_path, mlflow_store):
     import mlflow
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
     from test_train import random_faces
 
     from autoswap import train as T
@@ -140,52 +136,72 @@ def test_ui_shows_both_runs_and_their_loss_charts(tmp_path, mlflow_store):
         T.train(s, metrics_dir=out / "metrics", plots_dir=out / "plots")
         run_id = json.loads((out / "models" / "checkpoints" / "state.json").read_text())["run_id"]
         # train seeds Python's `random`, so MLflow's generated run names repeat; name them for the picture
-        mlflow.MlflowClient().set_tag(run_id, "mlflow.runName", f"learning_rate {lr}")
-        runs[run_id] = lr
+        runs[run_id] = f"learning_rate {lr}"
+        mlflow.MlflowClient().set_tag(run_id, "mlflow.runName", runs[run_id])
     exp_id = mlflow.get_experiment_by_name("autoswap").experiment_id
 
     proc, base = start_ui(mlflow_store, tmp_path / "ui.log")
+    try:
+        port = int(base.rsplit(":", 1)[1])
+        if os.path.exists("/proc/net/tcp"):  # Linux: the server listens on 127.0.0.1 only
+            assert listening_addresses(port) == {"0100007F"}
+        browse(base, exp_id, runs, tmp_path)
+        if os.environ.get("AUTOSWAP_UI_SCREENSHOT"):  # refresh docs/mlflow_ui.png by hand
+            shutil.copyfile(tmp_path / "mlflow_ui.png", os.environ["AUTOSWAP_UI_SCREENSHOT"])
+    finally:
+        stop(proc)
+    assert proc.returncode is not None
+
+
+def browse(base: str, exp_id: str, runs: dict, out: Path) -> None:
+    """Headless Chromium through the UI: the runs, a run's page, the loss charts; a screenshot."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
     opts = webdriver.ChromeOptions()
     opts.binary_location = str(CHROMIUM)
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path)}", "--window-size=1500,950"):
+                 f"--user-data-dir={tempfile.mkdtemp(dir=out)}", "--window-size=1500,950"):
         opts.add_argument(flag)
-    driver = None
+    # the driver is given by path, so Selenium Manager never looks for (or downloads) one
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=opts)
+    wait = WebDriverWait(driver, 90, poll_frequency=0.3)
+    # MLflow 3 opens experiments on GenAI traces unless told (or once clicked) "Model training"
+    runs_page = f"{base}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
     try:
-        port = int(base.rsplit(":", 1)[1])
-        assert listening_addresses(port) <= {"0100007F", "00000000000000000000000001000000"}  # 127.0.0.1 / ::1
-
-        # Selenium Manager never runs (no download): the driver is given by path
-        driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=opts)
-        wait = WebDriverWait(driver, 90, poll_frequency=0.3)
-
-        # the experiment opens on its runs (tag mlflow.experimentKind), listing both
-        driver.get(f"{base}/#/experiments/{exp_id}")
+        # the experiment's runs: both listed
+        driver.get(runs_page)
         for run_id in runs:
             wait.until(lambda d, r=run_id: d.find_elements(By.CSS_SELECTOR, f'a[href*="/runs/{r}"]'))
-        assert "learning_rate 3.0e-3" in driver.find_element(By.TAG_NAME, "body").text
+        assert all(name in driver.find_element(By.TAG_NAME, "body").text for name in runs.values())
 
         # a run's page: its parameters and metrics
         run_id = next(iter(runs))
-        driver.get(f"{base}/#/experiments/{exp_id}/runs/{run_id}")
+        driver.get(f"{base}/#/experiments/{exp_id}/runs/{run_id}?workflowType=machine_learning")
         wait.until(lambda d: "train.learning_rate" in d.find_element(By.TAG_NAME, "body").text)
         body = driver.find_element(By.TAG_NAME, "body").text
-        assert "loss_a" in body and "FINISHED" in body.upper()
+        assert "loss_a" in body and "finished" in body.lower()
 
         # the chart view: loss_a drawn for both runs, one line each, a point per logged step
-        driver.get(f"{base}/#/experiments/{exp_id}/runs?compareRunsMode=CHART")
+        driver.get(f"{runs_page}&compareRunsMode=CHART")
+
+        def cards(d):
+            return d.find_elements(By.CSS_SELECTOR, '[data-testid="experiment-view-compare-runs-card"]')
 
         def loss_a_lines(d):
-            for card in d.find_elements(By.CSS_SELECTOR, '[data-testid="experiment-view-compare-runs-card"]'):
+            for card in cards(d):
                 if card.text.split("\n", 1)[0].strip() == "loss_a":
-                    paths = [p.get_attribute("d") or "" for p in card.find_elements(By.CSS_SELECTOR, "path.js-line")]
-                    paths = [p for p in paths if p.count("L") >= 10]
+                    # plotly draws each line twice (the line, and a copy for hovering)
+                    paths = {p.get_attribute("d") or "" for p in card.find_elements(By.CSS_SELECTOR, "path.js-line")}
+                    paths = sorted(p for p in paths if p.count("L") >= 10)
                     return paths if len(paths) >= 2 else None
             return None
 
         lines = wait.until(loss_a_lines)
-        assert len(lines) == 2 and lines[0] != lines[1]  # two learning rates, two curves
+        assert len(lines) == 2  # two learning rates, two curves
 
         # the picture for the README: the loss charts only, the assistant side panel closed
         for b in driver.find_elements(By.CSS_SELECTOR, 'button[aria-label="Close"]'):
@@ -194,17 +210,15 @@ def test_ui_shows_both_runs_and_their_loss_charts(tmp_path, mlflow_store):
         search = driver.find_elements(By.CSS_SELECTOR, 'input[placeholder="Search metric charts"]')
         if search:
             search[0].send_keys("loss")
-            wait.until(lambda d: not any(c.text.startswith("images_per_s") for c in d.find_elements(
-                By.CSS_SELECTOR, '[data-testid="experiment-view-compare-runs-card"]')))
+            wait.until(lambda d: cards(d) and all(c.text.startswith("loss") for c in cards(d)))
         wait.until(loss_a_lines)
         time.sleep(1)  # let the charts finish their transition
-        shot = tmp_path / "mlflow_ui.png"
+        shot = out / "mlflow_ui.png"
         driver.save_screenshot(str(shot))
         assert shot.stat().st_size > 20_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        if os.environ.get("AUTOSWAP_UI_SCREENSHOT"):  # refresh docs/mlflow_ui.png by hand
-            shutil.copyfile(shot, os.environ["AUTOSWAP_UI_SCREENSHOT"])
+    except Exception:
+        driver.save_screenshot(str(out / "failure.png"))  # what the browser showed, for the log
+        (out / "failure.txt").write_text(driver.current_url + "\n" + driver.find_element(By.TAG_NAME, "body").text)
+        raise
     finally:
-        if driver is not None:
-            driver.quit()
-        stop(proc)
-    assert proc.returncode is not None
+        driver.quit()

@@ -146,6 +146,16 @@ def cmd_verify(args):
     return 0 if (r["metadata"]["found"] or r["watermark"]["found"] or r["c2pa"]["found"]) else 1
 
 
+def cmd_compare(args):
+    from autoswap.compare import compare
+    from autoswap.config import load
+
+    experiment = args.experiment or (load(args.params).tracking.experiment if args.params.is_file() else "autoswap")
+    r = compare(experiment, args.out)
+    print(r["table"])
+    print(f"autoswap: {len(r['rows'])} run(s) of experiment '{experiment}'; wrote {r['out']}")
+
+
 def cmd_ui(args):
     import ipaddress
 
@@ -170,7 +180,8 @@ def cmd_ui(args):
            "--default-artifact-root", tracking.artifact_root(), "--host", args.host, "--port", str(args.port),
            "--workers", "1"]
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
-    print(f"autoswap: MLflow UI on http://{args.host}:{args.port} (store {uri}); Ctrl+C stops it", flush=True)
+    print(f"autoswap: MLflow UI on http://{args.host}:{args.port} (store {uri}); Ctrl+C stops it")
+    print("autoswap: choose 'Model training' at its top left for the runs and their loss charts", flush=True)
     sys.stderr.flush()
     # become the server (exec), so that Ctrl+C and SIGTERM reach it and stop it with its worker
     os.execve(sys.executable, cmd, env)
@@ -222,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--host", default="127.0.0.1", help="bind address; anything but loopback is exposed")
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(fn=cmd_ui)
+    cp = sub.add_parser("compare", help="table and plot of the MLflow runs (learning rates, warp schedules, ...)")
+    cp.add_argument("--experiment", help="MLflow experiment (default: tracking.experiment in params.yaml)")
+    cp.add_argument("--out", type=Path, default=Path("previews/compare.png"), help="comparison PNG to write")
+    cp.set_defaults(fn=cmd_compare)
     return p
 
 

@@ -105,6 +105,16 @@ class ModelSettings(_Section):
 
 
 # ----------------------------------------------------------------------------- train
+class ColorAugmentSettings(_Section):
+    """Per-image colour change in LAB, the same on the input and its target (faceswap's), so the
+    model copes with other lighting. Each amount is the largest change, drawn uniformly in +-it
+    per image; 0 (the default, the seed) is off."""
+
+    lightness: float = Field(0.0, ge=0, le=1, description="L shift toward black/white; faceswap 0.30")
+    ab: float = Field(0.0, ge=0, le=1, description="a and b (colour) shifts; faceswap 0.08")
+    contrast: float = Field(0.0, ge=0, lt=1, description="L scaled about the image's mean by 1 +- it")
+
+
 class AugmentSettings(_Section):
     """The seed's Keras preprocessing layers, as per-image random affine parameters."""
 
@@ -112,6 +122,7 @@ class AugmentSettings(_Section):
     zoom: float = Field(0.05, ge=0, le=0.5, description="RandomWidth/RandomHeight factor")
     rotation: float = Field(0.03, ge=0, le=0.5, description="fraction of a full turn")
     translation: float = Field(0.03, ge=0, le=0.5, description="fraction of the size")
+    color: ColorAugmentSettings = ColorAugmentSettings()
 
 
 class WarpSettings(_Section):
@@ -139,6 +150,42 @@ class LRScheduleSettings(_Section):
     step_gamma: float = Field(0.5, gt=0, le=1)
 
 
+class LossWeightSettings(_Section):
+    """train.loss.kind mix: each term's weight in the total; 0 leaves the term out."""
+
+    mae: float = Field(1.0, ge=0, le=100)
+    dssim: float = Field(1.0, ge=0, le=100, description="(1 - SSIM) / 2")
+    ms_dssim: float = Field(0.0, ge=0, le=100, description="1 - MS-SSIM")
+    gradient: float = Field(0.0, ge=0, le=100, description="gradient-difference loss")
+    ffl: float = Field(0.0, ge=0, le=100, description="focal frequency loss")
+
+
+class LossSettings(_Section):
+    """The reconstruction loss (autoswap.losses). `loss: mae` (a bare kind) is read as {kind: mae}."""
+
+    kind: Literal["mae", "ssim", "ms_ssim", "mix"] = "mae"
+    weights: LossWeightSettings = LossWeightSettings()
+    ssim_window: int = Field(11, ge=3, le=31, description="Gaussian window, px (ssim and ms_ssim)")
+    ssim_sigma: float = Field(1.5, gt=0, le=10)
+    # every scale needs >= ssim_window px: 3 scales of 64 px (64, 32, 16) with an 11 px window
+    ms_ssim_scales: int = Field(3, ge=1, le=5)
+    # the weight of pixels outside the face mask: 1 ignores the mask, 0 ignores all outside it
+    mask_outside_weight: float = Field(1.0, ge=0, le=1)
+    eye_multiplier: float = Field(1.0, ge=1, le=20, description="faceswap uses 3")
+    mouth_multiplier: float = Field(1.0, ge=1, le=20, description="faceswap uses 2")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_kind(cls, v: Any) -> Any:
+        return {"kind": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> LossSettings:
+        if self.kind == "mix" and not any(self.weights.model_dump().values()):
+            raise ValueError("kind mix needs at least one weight above 0 in train.loss.weights")
+        return self
+
+
 class TrainSettings(_Section):
     steps: int = Field(65_000, ge=1)
     batch_size: int = Field(16, ge=1, description="faces per person per step, global")
@@ -146,7 +193,7 @@ class TrainSettings(_Section):
     beta_1: float = Field(0.5, ge=0, lt=1)
     beta_2: float = Field(0.999, ge=0, lt=1)
     lr_schedule: LRScheduleSettings = LRScheduleSettings()
-    loss: Literal["mae"] = "mae"
+    loss: LossSettings = LossSettings()
     # the seed's centre 80 of 128 -> 64
     crop: float = Field(80 / 128, gt=0, le=1)
     augment: AugmentSettings = AugmentSettings()

@@ -39,7 +39,7 @@ def to_rgb8(img: Image.Image) -> np.ndarray:
         rgba = img.convert("RGBA")
         bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return np.asarray(Image.alpha_composite(bg, rgba).convert("RGB"))
-    return np.asarray(img.convert("RGB"))
+    return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))  # convert() would copy an RGB image
 
 
 def load_rgb(path: Path, max_pixels: int = 40_000_000) -> np.ndarray:
@@ -53,17 +53,25 @@ def load_rgb(path: Path, max_pixels: int = 40_000_000) -> np.ndarray:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
             try:
-                with Image.open(path) as img:
-                    n = img.width * img.height
-                    if n > max_pixels:
-                        factor = (n / max_pixels) ** 0.5
-                        target = (max(1, int(img.width / factor)), max(1, int(img.height / factor)))
-                        img.draft("RGB", target)  # JPEG: decode at 1/2, 1/4, 1/8 scale directly
-                    img.load()
-                    img = ImageOps.exif_transpose(img)
+                with Image.open(path) as src:
+                    w, h = src.size
+                    if w * h > max_pixels:
+                        if src.format not in ("JPEG", "MPO") and w * h > 4 * max_pixels:
+                            # only JPEG decodes at a reduced size: anything else would be decoded whole
+                            raise BadImage(f"too large to decode safely ({w}x{h} px, more than 4 x "
+                                           f"data.max_image_pixels {max_pixels}); downscale it or save it as JPEG")
+                        # JPEG: decode at 1/2, 1/4 or 1/8 scale directly. Asking for 1/sqrt(2) of the
+                        # target side bounds the decoded image to 2 x max_pixels (a 12000 px square
+                        # decodes at 6000 px, never whole) and keeps at least max_pixels / 2 of it
+                        s = (max_pixels / (w * h)) ** 0.5 / 2**0.5
+                        src.draft("RGB", (max(1, int(w * s)), max(1, int(h * s))))
+                    src.load()
+                    img = src
                     if img.width * img.height > max_pixels:
                         factor = (img.width * img.height / max_pixels) ** 0.5
                         img = img.resize((max(1, int(img.width / factor)), max(1, int(img.height / factor))))
+                        src.close()  # free the full-size decode before any copy is made
+                    ImageOps.exif_transpose(img, in_place=True)
                     return to_rgb8(img)
             finally:
                 Image.MAX_IMAGE_PIXELS = saved

@@ -28,6 +28,7 @@ from autoswap.warp import interpolate_spline
 
 # stream ids inside one step's seed, so that augment and warp draws of A and B never collide
 _AUG, _WARP, _PERM = 0, 1, 2
+_COLOR = 3  # colour augmentation: a stream of its own, so the other draws are unchanged
 
 
 # ----------------------------------------------------------------------------- counter-based RNG
@@ -85,6 +86,10 @@ class BatchSpec:
     off_after: int | None
     order: int
     steps: int
+    # colour augmentation (train.augment.color); all 0 = off
+    color_lightness: float = 0.0
+    color_ab: float = 0.0
+    color_contrast: float = 0.0
 
     @classmethod
     def from_settings(cls, s: Settings) -> BatchSpec:
@@ -94,6 +99,7 @@ class BatchSpec:
             crop=t.crop, flip=a.flip, zoom=a.zoom, rotation=a.rotation, translation=a.translation,
             grid=w.grid, span=w.span, stddev=w.stddev, schedule=w.schedule, off_after=w.off_after,
             order=w.interpolation_order, steps=t.steps,
+            color_lightness=a.color.lightness, color_ab=a.color.ab, color_contrast=a.color.contrast,
         )
 
 
@@ -182,6 +188,54 @@ def sample_bilinear(images, pts) -> tf.Tensor:
     return (top * (1 - wy) + bot * wy) / 255.0
 
 
+# ----------------------------------------------------------------------------- colour
+# sRGB (D65) <-> CIELAB, with L, a, b scaled as OpenCV's 8-bit LAB (L/100, (a+128)/255, (b+128)/255)
+# so that faceswap's colour augmentation, defined on those, carries over
+_RGB2XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
+                     [0.2126729, 0.7151522, 0.0721750],
+                     [0.0193339, 0.1191920, 0.9503041]], np.float64)
+_WHITE = np.array([0.95047, 1.0, 1.08883], np.float64)
+_D = 6.0 / 29.0
+
+
+def rgb_to_lab01(rgb) -> tf.Tensor:
+    """(..., 3) sRGB in [0, 1] -> (..., 3) LAB, each channel scaled to about [0, 1]."""
+    lin = tf.where(rgb <= 0.04045, rgb / 12.92, tf.pow((tf.maximum(rgb, 0.04045) + 0.055) / 1.055, 2.4))
+    t = tf.tensordot(lin, tf.constant((_RGB2XYZ / _WHITE[:, None]).T, tf.float32), 1)
+    f = tf.where(t > _D**3, tf.pow(tf.maximum(t, _D**3), 1.0 / 3.0), t / (3 * _D**2) + 4.0 / 29.0)
+    fx, fy, fz = f[..., 0], f[..., 1], f[..., 2]
+    return tf.stack([(116.0 * fy - 16.0) / 100.0, (500.0 * (fx - fy) + 128.0) / 255.0,
+                     (200.0 * (fy - fz) + 128.0) / 255.0], axis=-1)
+
+
+def lab01_to_rgb(lab) -> tf.Tensor:
+    """The inverse of rgb_to_lab01, clipped to [0, 1]."""
+    fy = (lab[..., 0] * 100.0 + 16.0) / 116.0
+    f = tf.stack([fy + (lab[..., 1] * 255.0 - 128.0) / 500.0, fy, fy - (lab[..., 2] * 255.0 - 128.0) / 200.0], -1)
+    t = tf.where(f > _D, f * f * f, 3 * _D**2 * (f - 4.0 / 29.0))
+    lin = tf.tensordot(t, tf.constant(np.linalg.inv(_RGB2XYZ / _WHITE[:, None]).T, tf.float32), 1)
+    rgb = tf.where(lin <= 0.0031308, 12.92 * lin, 1.055 * tf.pow(tf.maximum(lin, 0.0031308), 1.0 / 2.4) - 0.055)
+    return tf.clip_by_value(rgb, 0.0, 1.0)
+
+
+def color_jitter(spec: BatchSpec, px, u, m: int) -> tf.Tensor:
+    """faceswap's colour augmentation on px (b, 2M, 3) in [0, 1]: per image, L scaled about its mean
+    by 1 +- contrast, then L, a and b each moved by r in +-(lightness, ab, ab): toward the top of
+    their range by r where r > 0, toward 0 by |r| where r < 0. u (b, 4) uniform draws. The input
+    and target halves of an image get the same change; the mean is the target's (last m pixels)."""
+    lab = rgb_to_lab01(px)
+    lum, ab = lab[..., :1], lab[..., 1:]
+    if spec.color_contrast:
+        mean = tf.reduce_mean(lum[:, -m:], axis=1, keepdims=True)  # (b, 1, 1)
+        c = 1.0 + spec.color_contrast * (2.0 * u[:, 3] - 1.0)
+        lum = tf.clip_by_value(mean + (lum - mean) * c[:, None, None], 0.0, 1.0)
+    lab = tf.concat([lum, ab], -1)
+    amount = tf.constant([spec.color_lightness, spec.color_ab, spec.color_ab], tf.float32)
+    r = (amount * (2.0 * u[:, :3] - 1.0))[:, None, :]  # (b, 1, 3)
+    lab = tf.where(r >= 0, lab + (1.0 - lab) * r, lab * (1.0 + r))
+    return lab01_to_rgb(lab)
+
+
 def make_batch(spec: BatchSpec, faces, step, side: int, part: int = 0, parts: int = 1):
     """faces (N, S, S, 3) uint8 -> (warped, target), each (B, out, out, 3) float32 in [0, 1].
 
@@ -205,6 +259,9 @@ def make_batch(spec: BatchSpec, faces, step, side: int, part: int = 0, parts: in
     src_warped = _inverse_affine(spec, q - flow, params)
     src_target = _inverse_affine(spec, q, params)
     px = sample_bilinear(imgs, tf.concat([src_warped, src_target], axis=1))  # (b, 2M, 3)
+    if spec.color_lightness or spec.color_ab or spec.color_contrast:  # off: not in the graph at all
+        u = random_uniform(spec.seed, step, _COLOR + 4 * side, [spec.batch, 4])[lo : lo + b]
+        px = color_jitter(spec, px, u, o * o)
     px = tf.reshape(px, [b, 2, o, o, 3])
     return px[:, 0], px[:, 1]
 

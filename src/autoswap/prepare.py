@@ -66,6 +66,9 @@ def _aligned_folder(settings: Settings, side: str, src: Path, dst: Path) -> dict
             m = min(a.shape[:2])
             y, x = (a.shape[0] - m) // 2, (a.shape[1] - m) // 2
             a = a[y : y + m, x : x + m]
+        if a.shape[:2] != (d.face_size, d.face_size):
+            # now, not when writing: held at full size, a folder of big photos would fill the memory
+            a = np.asarray(Image.fromarray(a).resize((d.face_size, d.face_size), Image.Resampling.LANCZOS))
         faces.append((f, a))
     return _write_split(settings, side, faces, dst, dropped, len(files))
 

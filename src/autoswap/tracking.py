@@ -13,8 +13,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 RUN_FILE = "mlflow_run.json"
-# the MLflow UI opens an experiment of this kind on its runs and charts (the default is GenAI traces)
-EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def project_root() -> Path:
@@ -51,10 +49,7 @@ def setup(experiment: str):
         exp = mlflow.get_experiment_by_name(experiment)
         if exp is None:
             loc = artifact_root() or None
-            return mlflow.create_experiment(experiment, artifact_location=loc, tags=EXPERIMENT_TAGS)
-    for key, value in EXPERIMENT_TAGS.items():
-        if key not in exp.tags:  # an experiment made before autoswap set the tag
-            mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, key, value)
+            return mlflow.create_experiment(experiment, artifact_location=loc)
     return exp.experiment_id
 
 

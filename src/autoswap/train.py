@@ -264,23 +264,34 @@ def train(settings: Settings, metrics_dir: Path = Path("metrics"), plots_dir: Pa
 
     def forward_backward(wa, ta, wb, tb):
         """One replica's share: (b, 64, 64, 3) each. Losses are scaled so that summing the
-        replicas' gradients gives the gradient of the mean over the global batch."""
+        replicas' gradients gives the gradient of the mean over the global batch.
+        Returns the two totals, or, when train.loss has several terms, (total, *terms) per person."""
+        from autoswap.losses import component_names, make_loss
+
+        loss_fn = make_loss(t.loss, mae_loss)  # the default (kind mae) is exactly mae_loss
+        parts = component_names(t.loss)  # [] unless a mix
         b = wa.shape[0]
         with tf.GradientTape() as tape:
             z = encoder(tf.concat([wa, wb], 0), training=True)  # (2b, 8, 8, 512): one pass, both people
             ya = decoder_a(z[:b], training=True)  # (b, 64, 64, 3)
             yb = decoder_b(z[b:], training=True)
-            loss_a, loss_b = mae_loss(ta, ya) / replicas, mae_loss(tb, yb) / replicas
+            terms_a, terms_b = loss_fn(ta, ya), loss_fn(tb, yb)  # float32 dicts: "total" and each term
+            loss_a, loss_b = terms_a["total"] / replicas, terms_b["total"] / replicas
             loss = loss_a + loss_b  # inside the tape, or it has no path to the weights
         grads = tape.gradient(loss, train_vars)
         optimizer.apply_gradients(zip(grads, train_vars, strict=True))
-        return loss_a, loss_b
+        if not parts:
+            return loss_a, loss_b
+        # each term scaled like the total, so the replicas' sum is the global batch's mean
+        return (tf.stack([loss_a, *(terms_a[k] / replicas for k in parts)]),
+                tf.stack([loss_b, *(terms_b[k] / replicas for k in parts)]))
 
     if not on_device:
         fa = tf.constant(sets["a"][0])  # (Na, S, S, 3) uint8, decoded once
         fb = tf.constant(sets["b"][0])
         train_step = tf.function(forward_backward, jit_compile=t.jit_compile)
 
+        @tf.autograph.experimental.do_not_convert  # plain TF code; autograph only warns about it
         def batches(s):
             return s, (*make_batch(spec, fa, s, 0), *make_batch(spec, fb, s, 1))
 
@@ -345,7 +356,11 @@ def train(settings: Settings, metrics_dir: Path = Path("metrics"), plots_dir: Pa
             step_var.assign(step)
             last = step == t.steps
             if step % t.log_every == 0 or step % t.save_every == 0 or last:
-                losses = np.array([[float(x) for x in p] for p in pending])  # (n, 2)
+                from autoswap.losses import component_names
+
+                parts = component_names(t.loss)  # per person: total, then these terms
+                cols = 1 + len(parts)
+                losses = np.array([[float(v) for x in p for v in np.ravel(np.asarray(x))] for p in pending])  # (n, 2 cols)
                 pending.clear()
                 if not np.isfinite(losses).all():
                     raise UserError(
@@ -355,11 +370,14 @@ def train(settings: Settings, metrics_dir: Path = Path("metrics"), plots_dir: Pa
                 dt = time.time() - t_window
                 info = {
                     "loss_a": float(losses[:, 0].mean()),
-                    "loss_b": float(losses[:, 1].mean()),
+                    "loss_b": float(losses[:, cols].mean()),
                     "learning_rate": float(schedule(step - 1)),
                     "warp_stddev": float(warp_stddev(spec, step - 1)),
                     "images_per_s": 2 * t.batch_size * n_window / max(dt, 1e-9),
                 }
+                for i, name in enumerate(parts):  # loss_a.dssim, ...: each term unweighted, as MLflow metrics
+                    info[f"loss_a.{name}"] = float(losses[:, 1 + i].mean())
+                    info[f"loss_b.{name}"] = float(losses[:, cols + 1 + i].mean())
                 t_window, n_window = time.time(), 0
                 history.append({"step": step, **{k: info[k] for k in LOSS_FIELDS[1:]}})
                 mlflow.log_metrics(info, step=step)
