@@ -353,7 +353,7 @@ print("ok", exp)
 def test_new_store_opened_by_three_processes_at_once(tmp_path):
     # each creates the tables on first use; without the lock in tracking.setup, concurrent
     # migrations fail, and can leave the store unusable for good
-    at = str(time.time() + 8)  # all three past their imports by then
+    at = str(time.time() + 6)  # all three past their imports by then
     procs = [subprocess.Popen([sys.executable, "-c", _SETUP_AT, at], cwd=tmp_path, env=subprocess_env(tmp_path),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(3)]
     outs = [p.communicate(timeout=120)[0] for p in procs]
