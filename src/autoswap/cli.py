@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui.set_defaults(fn=cmd_ui)
     cp = sub.add_parser("compare", help="table and plot of the MLflow runs (learning rates, warp schedules, ...)")
     cp.add_argument("--experiment", help="MLflow experiment (default: tracking.experiment in params.yaml)")
-    cp.add_argument("--out", type=Path, default=Path("previews/compare.png"), help="comparison PNG to write")
+    cp.add_argument("--out", type=Path, default=Path("compare.png"), help="comparison PNG to write")
     cp.set_defaults(fn=cmd_compare)
     return p
 
@@ -243,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     # TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) hides the lines that matter
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # a local tool: MLflow's usage telemetry is off unless the user turns it on
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from autoswap.errors import UserError
 
     args = build_parser().parse_args(argv)

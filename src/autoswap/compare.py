@@ -156,7 +156,7 @@ def plot(rows: list[dict], out: Path, histories: dict[str, dict[str, list[tuple[
     return out
 
 
-def compare(experiment: str = "autoswap", out: Path = Path("previews/compare.png")) -> dict:
+def compare(experiment: str = "autoswap", out: Path = Path("compare.png")) -> dict:
     """Read every run of `experiment`, write the comparison PNG; returns {rows, table, out}."""
     import mlflow
 

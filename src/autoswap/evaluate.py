@@ -62,12 +62,11 @@ def evaluate(settings: Settings, model_dir: Path = Path("models/final"), metrics
     import mlflow
 
     from autoswap import tracking
-    from autoswap.model import load_final
+    from autoswap.model import check_geometry, load_final
     from autoswap.pipeline import BatchSpec, load_faces
 
     *nets, meta = load_final(model_dir)
-    if meta.get("face_size") != settings.data.face_size or meta["model"]["input_size"] != settings.model.input_size:
-        raise UserError(f"{model_dir}: trained for other face/input sizes than params.yaml; run `dvc repro`")
+    check_geometry(meta, settings, model_dir)
     spec = BatchSpec.from_settings(settings)
     root, size = settings.data.faces_dir, settings.data.face_size
     faces, gts = {}, {}

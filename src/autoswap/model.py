@@ -107,8 +107,8 @@ def load_final(model_dir: Path):
     meta_file = model_dir / "model.json"
     if not meta_file.is_file():
         raise UserError(f"{meta_file}: no trained model here; run `dvc repro train` (or pass --model DIR)")
-    meta = json.loads(meta_file.read_text())
     try:
+        meta = json.loads(meta_file.read_text())
         cfg = ModelSettings(**meta["model"])
     except Exception:
         raise UserError(f"{meta_file}: written by another autoswap version or config; retrain") from None
@@ -122,3 +122,17 @@ def load_final(model_dir: Path):
         except Exception as e:
             raise UserError(f"{f}: does not match {meta_file} ({type(e).__name__}); retrain") from None
     return (*nets, meta)
+
+
+def check_geometry(meta: dict, settings, model_dir: Path) -> None:
+    """evaluate and preview feed the model faces cut with params.yaml's geometry: it must be the
+    geometry the model was trained with (swap reads it from model.json instead)."""
+    from autoswap.errors import UserError
+
+    ours = (settings.data.face_size, settings.model.input_size, settings.train.crop)
+    theirs = (meta.get("face_size"), meta["model"].get("input_size"), meta.get("crop"))
+    if ours != theirs:
+        raise UserError(
+            f"{model_dir}: trained for other face/input sizes or crop (face_size, input_size, crop = "
+            f"{theirs}) than params.yaml ({ours}); run `dvc repro` or pass --model"
+        )

@@ -75,11 +75,12 @@ def preview(settings: Settings, model_dir: Path = Path("models/final"), loss_csv
     import mlflow
 
     from autoswap import tracking
-    from autoswap.model import load_final
+    from autoswap.model import check_geometry, load_final
     from autoswap.pipeline import BatchSpec, load_faces
     from autoswap.train import _read_csv
 
     *nets, meta = load_final(model_dir)
+    check_geometry(meta, settings, model_dir)
     spec = BatchSpec.from_settings(settings)
     n, root, size = settings.preview.faces, settings.data.faces_dir, settings.data.face_size
     faces = {s: load_faces(root / s / "val", size)[0][:n] for s in "ab"}

@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -202,7 +203,6 @@ def train(settings: Settings, metrics_dir: Path = Path("metrics"), plots_dir: Pa
     if not chief:
         # other workers take part in every collective (saves included) but write to scratch,
         # so the project sees one set of checkpoints, weights, metrics and one MLflow run
-        import os
         import tempfile
 
         scratch = Path(tempfile.mkdtemp(prefix="autoswap-worker-"))
@@ -249,7 +249,13 @@ def train(settings: Settings, metrics_dir: Path = Path("metrics"), plots_dir: Pa
             mlflow.get_run(run_id)
         except Exception:
             run_id = None
-    run = mlflow.start_run(run_id=run_id, experiment_id=exp_id, tags=tracking.run_tags() if not run_id else None)
+    # named here: MLflow's random names come from Python's `random`, which the seeding above
+    # makes repeat, so every run with the same seed would get the same name
+    name = os.environ.get("DVC_EXP_NAME") or time.strftime("train-%Y%m%d-%H%M%S")
+    run = mlflow.start_run(
+        run_id=run_id, experiment_id=exp_id, run_name=None if run_id else name,
+        tags=tracking.run_tags() if not run_id else None,
+    )
     run_id = run.info.run_id
     state = {"fingerprint": fp, "run_id": run_id}
     atomic_write_json(state_file, state)
