@@ -51,6 +51,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,66 +144,25 @@ def settings_for(args, jit: bool, bf16: bool):
     from autoswap.config import Settings
 
     s = Settings()  # defaults: the seed's model (64 px, full widths), batch 16, Adam 5e-5 b1 0.5
-    return s.model_copy(update={"train": s.train.model_copy(update={
-        "batch_size": args.batch, "jit_compile": jit, "mixed_precision": bf16,
-    })})
-
-
-def make_dataset(settings, faces_a, faces_b, start: int = 0, stop: int = 10**9):
-    """The tf.data pipeline of autoswap.train: (step, warped A, target A, warped B, target B)."""
-    from autoswap import train as T
-
-    if hasattr(T, "make_dataset"):
-        return T.make_dataset(settings, faces_a, faces_b, start, stop)
-    # --- a copy of the pipeline inside autoswap.train.train (keep in step with it)
-    import tensorflow as tf
-
-    from autoswap.pipeline import BatchSpec, make_batch
-
-    spec = BatchSpec.from_settings(settings)
-    fa, fb = tf.constant(faces_a), tf.constant(faces_b)
-
-    def batches(s):
-        wa, ta = make_batch(spec, fa, s, 0)
-        wb, tb = make_batch(spec, fb, s, 1)
-        return s, wa, ta, wb, tb
-
-    return (
-        tf.data.Dataset.range(start, stop)
-        .map(batches, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        .prefetch(2)
+    return s.model_copy(
+        update={
+            "train": s.train.model_copy(
+                update={
+                    "batch_size": args.batch,
+                    "jit_compile": jit,
+                    "mixed_precision": bf16,
+                }
+            )
+        }
     )
 
 
-def make_train_step(settings, nets, optimizer):
-    """The compiled step of autoswap.train; returns (step_fn, where it came from)."""
-    from autoswap import train as T
+def make_dataset(settings, faces_a, faces_b, start: int = 0, stop: int = 10**9):
+    """autoswap.train's single-device input pipeline (train.data_on_device false, the default)."""
+    from autoswap.pipeline import BatchSpec
+    from autoswap.train import make_dataset as train_dataset
 
-    t = settings.train
-    if hasattr(T, "make_train_step"):
-        return T.make_train_step(nets, optimizer, t.batch_size, jit_compile=t.jit_compile), "autoswap.train"
-    # --- a copy of the step inside autoswap.train.train (keep in step with it)
-    import keras
-    import tensorflow as tf
-
-    encoder, decoder_a, decoder_b = nets
-    train_vars = encoder.trainable_variables + decoder_a.trainable_variables + decoder_b.trainable_variables
-    mae = keras.losses.MeanAbsoluteError()
-    b = t.batch_size
-
-    @tf.function(jit_compile=t.jit_compile, reduce_retracing=True)
-    def train_step(wa, ta, wb, tb):
-        with tf.GradientTape() as tape:
-            z = encoder(tf.concat([wa, wb], 0), training=True)
-            ya = decoder_a(z[:b], training=True)
-            yb = decoder_b(z[b:], training=True)
-            loss_a, loss_b = mae(ta, ya), mae(tb, yb)
-            loss = loss_a + loss_b
-        grads = tape.gradient(loss, train_vars)
-        optimizer.apply_gradients(zip(grads, train_vars, strict=True))
-        return loss_a, loss_b
-
-    return train_step, "bench copy of autoswap.train"
+    return train_dataset(BatchSpec.from_settings(settings), faces_a, faces_b, start, stop)
 
 
 class Ours:
@@ -209,10 +170,10 @@ class Ours:
 
     def __init__(self, name: str, settings, faces_a, faces_b):
         import keras
-        import numpy as np
+        import tensorflow as tf
 
         from autoswap import model as M
-        from autoswap.train import LRSchedule
+        from autoswap.train import LRSchedule, make_forward_backward, make_optimizer
 
         self.name, self.settings = name, settings
         t = settings.train
@@ -223,33 +184,39 @@ class Ours:
         finally:
             keras.mixed_precision.set_global_policy("float32")
         schedule = LRSchedule(t.lr_schedule, t.learning_rate, t.steps)
-        self.optimizer = keras.optimizers.Adam(learning_rate=schedule, beta_1=t.beta_1, beta_2=t.beta_2)
+        self.optimizer = make_optimizer(t, schedule)
+        self.optimizer_class = type(self.optimizer).__name__
         train_vars = [v for n in self.nets for v in n.trainable_variables]
         self.n_params = sum(int(np.prod(v.shape)) for v in train_vars)
         self.optimizer.build(train_vars)
-        self.step_fn, self.step_source = make_train_step(settings, self.nets, self.optimizer)
+        fb = make_forward_backward(self.nets, self.optimizer, t.loss)
+        self.step_fn = tf.function(fb, jit_compile=t.jit_compile)  # as autoswap.train compiles it
         self.it = iter(make_dataset(settings, faces_a, faces_b))
         self.times: list[float] = []
+        self.cpu: list[float] = []
         self.foreign: list[float | None] = []
         self.compile_s = None
         self.loss = None
 
-    def step(self) -> float:
-        t0 = time.perf_counter()
-        _, wa, ta, wb, tb = next(self.it)
-        la, lb = self.step_fn(wa, ta, wb, tb)
-        self.loss = (float(la), float(lb))  # waits for the step
-        return time.perf_counter() - t0
+    def step(self) -> tuple[float, float]:
+        """-> (wall s, process CPU s) of one step, including its batch from the pipeline."""
+        c0, t0 = time.process_time(), time.perf_counter()
+        _, batch = next(self.it)
+        la, lb = self.step_fn(*batch)
+        self.loss = (float(np.ravel(la)[0]), float(np.ravel(lb)[0]))  # waits for the step
+        return time.perf_counter() - t0, time.process_time() - c0
 
     def warmup(self, n: int):
         for i in range(n):
-            dt = self.step()
+            dt, _ = self.step()
             if i == 0:
                 self.compile_s = round(dt, 2)
 
     def timed(self) -> None:
         fc = ForeignCPU().start()
-        self.times.append(self.step())
+        wall, cpu = self.step()
+        self.times.append(wall)
+        self.cpu.append(cpu)
         self.foreign.append(fc.stop())
 
 
@@ -261,22 +228,48 @@ def time_our_data(settings, faces_a, faces_b, n_elements: int, warmup: int = 3) 
     for _ in range(warmup):
         next(it)
     fc = ForeignCPU().start()
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     for _ in range(n_elements):
         el = next(it)
     el[1].numpy()
-    dt = time.perf_counter() - t0
-    return {"img_s": round(2 * settings.train.batch_size * n_elements / dt, 1), "foreign_cpu": fc.stop()}
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    n = 2 * settings.train.batch_size * n_elements
+    return {"img_s": round(n / dt, 1), "cpu_ms_per_img": round(1000 * cpu / n, 3), "foreign_cpu": fc.stop()}
 
 
 # ----------------------------------------------------------------------------- the seed
+# Runs seed_reference.py unchanged, with time.time wrapped so that the two calls its timed loop
+# makes also read the process CPU time (all threads): CPU seconds of exactly the timed part.
+SEED_WRAPPER = """import json, os, runpy, sys, time
+script = os.path.abspath(sys.argv[1])
+marks, _time = [], time.time
+def _marked_time():
+    now = _time()
+    if sys._getframe(1).f_code.co_filename == script:
+        marks.append((now, time.process_time()))
+    return now
+time.time = _marked_time
+sys.argv = [script] + sys.argv[2:]
+try:
+    runpy.run_path(script, run_name="__main__")
+finally:
+    if len(marks) >= 2:
+        print("SEED_TIMING " + json.dumps({"wall_s": marks[-1][0] - marks[0][0], "cpu_s": marks[-1][1] - marks[0][1]}), flush=True)
+"""
+
+
 def run_seed(python: str, script: Path, dir_a: Path, dir_b: Path, mode: str, batch: int, n: int) -> dict:
     env = dict(os.environ, MODE=mode, TF_CPP_MIN_LOG_LEVEL="2")
     env.pop("PYTHONPATH", None)
+    wrapper = dir_a.parent / "seed_wrapper.py"
+    wrapper.write_text(SEED_WRAPPER)
     fc = ForeignCPU().start()
     p = subprocess.run(
-        [python, str(script), str(dir_a), str(dir_b), str(batch), str(n)],
-        env=env, capture_output=True, text=True, timeout=3600,
+        [python, str(wrapper), str(script), str(dir_a), str(dir_b), str(batch), str(n)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
     )
     foreign = fc.stop()
     out = p.stdout + p.stderr
@@ -287,14 +280,25 @@ def run_seed(python: str, script: Path, dir_a: Path, dir_b: Path, mode: str, bat
     if p.returncode != 0 or not m:
         raise RuntimeError(f"seed reference failed (rc {p.returncode}):\n{out[-3000:]}")
     img_s = float(m.group(1) if mode == "data" else m.group(2))
-    return {"img_s": img_s, "foreign_cpu": foreign}
+    res = {"img_s": img_s}
+    t = re.search(r"SEED_TIMING (\{.*\})", out)
+    if t:
+        cpu = json.loads(t.group(1))["cpu_s"]
+        if mode == "data":
+            res["cpu_ms_per_img"] = round(1000 * cpu / (n * batch), 3)
+        else:
+            res["cpu_s_per_step"] = round(cpu / n, 3)
+    return res | {"foreign_cpu": foreign}
 
 
 def seed_tf_version(python: str) -> str | None:
     try:
         p = subprocess.run(
             [python, "-c", "import tensorflow as tf; print(tf.__version__)"],
-            capture_output=True, text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
         )
         return p.stdout.strip().splitlines()[-1] if p.returncode == 0 and p.stdout.strip() else None
     except (OSError, subprocess.SubprocessError):
@@ -320,125 +324,140 @@ def _layer_and_kind(name: str, op: str) -> tuple[str, str]:
 
 
 def profile(args, faces_a, faces_b) -> dict:
-    import keras
+    variants = [("ours", False)] + ([("ours_bf16", True)] if args.mixed_precision else [])
+    return {name: _profile_variant(args, name, bf16, faces_a, faces_b) for name, bf16 in variants}
+
+
+def _profile_variant(args, name: str, bf16: bool, faces_a, faces_b) -> dict:
     import tensorflow as tf
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    variants = [("ours", False)] + ([("ours_bf16", True)] if args.mixed_precision else [])
-    out = {}
-    for name, bf16 in variants:
-        s = settings_for(args, False, bf16)
-        o = Ours(name, s, faces_a, faces_b)
-        _, wa, ta, wb, tb = next(o.it)
-        enc, da, db = o.nets
-        b = s.train.batch_size
-        mae = keras.losses.MeanAbsoluteError()
-        train_vars = [v for n in o.nets for v in n.trainable_variables]
+    from autoswap.train import mae_loss
 
-        @tf.function
-        def forward(wa, ta, wb, tb):
-            z = enc(tf.concat([wa, wb], 0), training=True)
-            return mae(ta, da(z[:b], training=True)) + mae(tb, db(z[b:], training=True))
+    s = settings_for(args, False, bf16)
+    o = Ours(name, s, faces_a, faces_b)
+    _, (wa, ta, wb, tb) = next(o.it)
+    enc, da, db = o.nets
+    b = s.train.batch_size
+    mae = mae_loss  # the default train.loss (kind mae)
+    train_vars = [v for n in o.nets for v in n.trainable_variables]
 
-        @tf.function
-        def grads(wa, ta, wb, tb):
-            with tf.GradientTape() as tape:
-                loss = forward(wa, ta, wb, tb)
-            return tape.gradient(loss, train_vars)
+    @tf.function
+    def forward(wa, ta, wb, tb):
+        z = enc(tf.concat([wa, wb], 0), training=True)
+        return mae(ta, da(z[:b], training=True)) + mae(tb, db(z[b:], training=True))
 
-        g = grads(wa, ta, wb, tb)
+    @tf.function
+    def grads(wa, ta, wb, tb):
+        with tf.GradientTape() as tape:
+            loss = forward(wa, ta, wb, tb)
+        return tape.gradient(loss, train_vars)
 
-        @tf.function
-        def apply(g):
-            o.optimizer.apply_gradients(zip(g, train_vars))
+    g = grads(wa, ta, wb, tb)
 
-        def med(f, *a):
-            f(*a)
-            ts = []
-            for _ in range(args.steps):
-                t0 = time.perf_counter()
-                r = f(*a)
-                if r is not None:
-                    tf.nest.flatten(r)[0].numpy()
-                ts.append(time.perf_counter() - t0)
-            return round(statistics.median(ts), 3)
+    @tf.function
+    def apply(g):
+        o.optimizer.apply_gradients(zip(g, train_vars, strict=True))
 
-        def step():
-            return o.step_fn(wa, ta, wb, tb)[0].numpy()
-
-        step(), step()
-        parts = {
-            "forward_s": med(forward, wa, ta, wb, tb),
-            "forward_backward_s": med(grads, wa, ta, wb, tb),
-            "optimizer_apply_s": med(apply, g),
-            "step_s": med(step),
+    def med(f, *a):
+        """median (wall s, process CPU s) of f(*a) over --steps calls, after one untimed call"""
+        f(*a)
+        ts = []
+        for _ in range(args.steps):
+            c0, t0 = time.process_time(), time.perf_counter()
+            r = f(*a)
+            if r is not None:
+                np.asarray(tf.nest.flatten(r)[0])  # waits for the result
+            ts.append((time.perf_counter() - t0, time.process_time() - c0))
+        return {
+            "wall_s": round(statistics.median(w for w, _ in ts), 3),
+            "cpu_s": round(statistics.median(c for _, c in ts), 3),
         }
-        logdir = Path(tempfile.mkdtemp(prefix="autoswap-prof-"))
-        n = args.steps
-        fc = ForeignCPU().start()
-        tf.profiler.experimental.start(str(logdir))
-        for _ in range(n):
-            step()
-        tf.profiler.experimental.stop()
-        foreign = fc.stop()
-        xs = xplane_pb2.XSpace()
-        xs.ParseFromString(next(logdir.rglob("*.xplane.pb")).read_bytes())
-        by_kind: dict[str, float] = {}
-        by_layer: dict[str, dict[str, float]] = {}
-        wall = 0.0
-        for plane in xs.planes:
-            if plane.name != "/host:CPU":
-                continue
-            for line in plane.lines:
-                for ev in line.events:
-                    nm = plane.event_metadata[ev.metadata_id].name
-                    d = ev.duration_ps / 1e12 / n
-                    if line.name == "python" and nm.startswith("EagerLocalExecute: __inference"):
-                        wall += d
-                    if not line.name.startswith("tf_Compute") or nm.startswith("ExecutorState") or ":" not in nm:
-                        continue
-                    opname, op = nm.rsplit(":", 1)
-                    layer, kind = _layer_and_kind(opname, op)
-                    by_kind[kind] = by_kind.get(kind, 0.0) + d
-                    by_layer.setdefault(layer, {})
-                    by_layer[layer][kind] = by_layer[layer].get(kind, 0.0) + d
-        total = sum(by_kind.values())
-        out[name] = {
-            "parts": parts,
-            "traced_step_s": round(wall, 3),
-            "op_time_s": round(total, 3),
-            "foreign_cpu": foreign,
-            "by_kind": {k: {"s": round(v, 3), "share": round(v / total, 3)}
-                        for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
-            "by_layer": {k: {kk: round(vv, 3) for kk, vv in v.items()} | {"total": round(sum(v.values()), 3)}
-                         for k, v in sorted(by_layer.items(), key=lambda kv: -sum(kv[1].values()))
-                         if sum(v.values()) >= 0.005},
-        }
-        del o
-    return out
+
+    def step():
+        return np.asarray(o.step_fn(wa, ta, wb, tb)[0])
+
+    step(), step()
+    parts = {
+        "forward": med(forward, wa, ta, wb, tb),
+        "forward_backward": med(grads, wa, ta, wb, tb),
+        "optimizer_apply": med(apply, g),
+        "step": med(step),
+    }
+    logdir = Path(tempfile.mkdtemp(prefix="autoswap-prof-"))
+    n = args.steps
+    fc = ForeignCPU().start()
+    tf.profiler.experimental.start(str(logdir))
+    for _ in range(n):
+        step()
+    tf.profiler.experimental.stop()
+    foreign = fc.stop()
+    xs = xplane_pb2.XSpace()
+    xs.ParseFromString(next(logdir.rglob("*.xplane.pb")).read_bytes())
+    by_kind: dict[str, float] = {}
+    by_layer: dict[str, dict[str, float]] = {}
+    wall = 0.0
+    for plane in xs.planes:
+        if plane.name != "/host:CPU":
+            continue
+        for line in plane.lines:
+            for ev in line.events:
+                nm = plane.event_metadata[ev.metadata_id].name
+                d = ev.duration_ps / 1e12 / n
+                if line.name == "python" and nm.startswith("EagerLocalExecute: __inference"):
+                    wall += d
+                if not line.name.startswith("tf_Compute") or nm.startswith("ExecutorState") or ":" not in nm:
+                    continue
+                opname, op = nm.rsplit(":", 1)
+                layer, kind = _layer_and_kind(opname, op)
+                by_kind[kind] = by_kind.get(kind, 0.0) + d
+                by_layer.setdefault(layer, {})
+                by_layer[layer][kind] = by_layer[layer].get(kind, 0.0) + d
+    total = sum(by_kind.values())
+    return {
+        "parts": parts,
+        "traced_step_s": round(wall, 3),
+        "op_time_s": round(total, 3),
+        "foreign_cpu": foreign,
+        "by_kind": {
+            k: {"s": round(v, 3), "share": round(v / total, 3)}
+            for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])
+        },
+        "by_layer": {
+            k: {kk: round(vv, 3) for kk, vv in v.items()} | {"total": round(sum(v.values()), 3)}
+            for k, v in sorted(by_layer.items(), key=lambda kv: -sum(kv[1].values()))
+            if sum(v.values()) >= 0.005
+        },
+    }
 
 
 def print_profile(res: dict) -> None:
     for name, r in res.items():
-        p = r["parts"]
-        print(f"\n{name}: step {p['step_s']} s (traced {r['traced_step_s']} s, ops {r['op_time_s']} s, "
-              f"foreign cpu {r['foreign_cpu']}); forward {p['forward_s']} s, forward+backward "
-              f"{p['forward_backward_s']} s, optimizer apply {p['optimizer_apply_s']} s")
+        print(
+            f"\n{name}: traced step {r['traced_step_s']} s (ops {r['op_time_s']} s, foreign cpu {r['foreign_cpu']})"
+        )
+        for part, v in r["parts"].items():
+            print(f"  {part:28s} {v['wall_s']:7.3f} s wall {v['cpu_s']:7.3f} s CPU")
+        print("  traced op time by kind:")
         for k, v in r["by_kind"].items():
-            print(f"  {k:38s} {v['s']:7.3f} s {100 * v['share']:5.1f} %")
+            print(f"    {k:38s} {v['s']:7.3f} s {100 * v['share']:5.1f} %")
         print("  by layer (s/step):")
         for k, v in list(r["by_layer"].items())[:14]:
-            rest = " ".join(f"{kk.split(' ')[0] + ('-' + kk.split(' ')[1] if ' ' in kk and 'backprop' in kk else '')}"
-                            f"={vv}" for kk, vv in v.items() if kk != "total")
-            print(f"    {k:24s} {v['total']:6.3f}  {rest}")
+            rest = ", ".join(f"{kk.split(' (')[0]} {vv}" for kk, vv in v.items() if kk != "total")
+            print(f"    {k:22s} {v['total']:6.3f}  ({rest})")
 
 
 # ----------------------------------------------------------------------------- main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seed-ref", metavar="PYTHON", help="interpreter with TF 2.15 + tensorflow-addons; "
-                    "runs the seed's program side by side")
-    ap.add_argument("--seed-script", type=Path, default=REPO / ".." / "shared" / "bench" / "seed_reference.py")
+    ap.add_argument(
+        "--seed-ref",
+        metavar="PYTHON",
+        help="interpreter with TF 2.15 + tensorflow-addons; runs the seed's program side by side",
+    )
+    ap.add_argument(
+        "--seed-script", type=Path, default=REPO / ".." / "shared" / "bench" / "seed_reference.py"
+    )
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of ours and the seed")
     ap.add_argument("--steps", type=int, default=4, help="timed training steps per variant per round")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps per variant before the first round")
@@ -452,13 +471,18 @@ def main() -> None:
     ap.add_argument("--no-fp32", action="store_true", help="skip the float32 variant")
     ap.add_argument("--no-data", action="store_true", help="skip the input-pipeline measurements")
     ap.add_argument("--no-train", action="store_true", help="skip the training measurements")
-    ap.add_argument("--no-determinism", action="store_true",
-                    help="leave op determinism off (train.deterministic: false)")
+    ap.add_argument(
+        "--no-determinism", action="store_true", help="leave op determinism off (train.deterministic: false)"
+    )
     ap.add_argument("--inter-op", type=int, help="tf.config.threading inter-op threads (ours)")
     ap.add_argument("--intra-op", type=int, help="tf.config.threading intra-op threads (ours)")
     ap.add_argument("--profile", action="store_true", help="profile our step instead (see above)")
-    ap.add_argument("--out", type=Path, help="JSON output (default bench/results/train_throughput.json, "
-                    "or train_profile.json with --profile)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        help="JSON output (default bench/results/train_throughput.json, "
+        "or train_profile.json with --profile)",
+    )
     args = ap.parse_args()
 
     import tensorflow as tf
@@ -474,17 +498,29 @@ def main() -> None:
     from autoswap.pipeline import load_faces
 
     info = {
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "cpu_flags": cpu_flags(),
-                    "platform": platform.platform()},
+        "machine": {
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "cpu_flags": cpu_flags(),
+            "platform": platform.platform(),
+        },
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
-        "env": {k: os.environ[k] for k in sorted(os.environ)
-                if k.startswith(("TF_", "ONEDNN_", "DNNL_", "OMP_", "XLA_")) and k != "TF_CPP_MIN_LOG_LEVEL"},
+        "env": {
+            k: os.environ[k]
+            for k in sorted(os.environ)
+            if k.startswith(("TF_", "ONEDNN_", "DNNL_", "OMP_", "XLA_")) and k != "TF_CPP_MIN_LOG_LEVEL"
+        },
         "threads": {"inter_op": args.inter_op, "intra_op": args.intra_op},
-        "config": {"input_size": 64, "model": "ModelSettings() defaults (the seed's widths)",
-                   "batch_per_person": args.batch, "images_per_step": 2 * args.batch,
-                   "faces_per_person": args.images, "deterministic": not args.no_determinism},
+        "config": {
+            "input_size": 64,
+            "model": "ModelSettings() defaults (the seed's widths)",
+            "batch_per_person": args.batch,
+            "images_per_step": 2 * args.batch,
+            "faces_per_person": args.images,
+            "deterministic": not args.no_determinism,
+        },
         "loadavg_start": loadavg(),
     }
     if not args.no_determinism:
@@ -509,12 +545,16 @@ def main() -> None:
         if args.seed_ref:
             if not seed_script.is_file():
                 sys.exit(f"{seed_script}: not found (--seed-script)")
-            info["seed"] = {"python": args.seed_ref, "script": str(seed_script),
-                            "tensorflow": seed_tf_version(args.seed_ref),
-                            "train_steps_per_run": args.seed_steps, "data_batch": args.seed_data_batch}
+            info["seed"] = {
+                "python": args.seed_ref,
+                "script": str(seed_script),
+                "tensorflow": seed_tf_version(args.seed_ref),
+                "train_steps_per_run": args.seed_steps,
+                "data_batch": args.seed_data_batch,
+            }
 
         variants = []
-        for jit, bf16 in ((False, False), (False, True), (True, False), (True, True)):
+        for jit, bf16 in ((j, b) for j in (False, True) for b in (False, True)):
             if (jit and not args.jit) or (bf16 and not args.mixed_precision) or (args.no_fp32 and not bf16):
                 continue
             variants.append(("ours" + ("_jit" if jit else "") + ("_bf16" if bf16 else ""), jit, bf16))
@@ -525,8 +565,10 @@ def main() -> None:
                 print(f"building {name} ...", flush=True)
                 o = Ours(name, settings_for(args, jit, bf16), faces_a, faces_b)
                 o.warmup(args.warmup)
-                print(f"  {o.n_params:,} parameters; first step {o.compile_s} s; step from {o.step_source}",
-                      flush=True)
+                print(
+                    f"  {o.n_params:,} parameters; first step {o.compile_s} s; {o.optimizer_class}",
+                    flush=True,
+                )
                 ours.append(o)
 
         data_settings = settings_for(args, False, False)
@@ -535,40 +577,74 @@ def main() -> None:
             order = ["seed", "ours"] if r % 2 == 0 else ["ours", "seed"]
             for who in order:
                 if who == "seed" and args.seed_ref and not args.no_train:
-                    seed_train.append(run_seed(args.seed_ref, seed_script, dir_a, dir_b, "train", args.batch,
-                                               args.seed_steps))
+                    seed_train.append(
+                        run_seed(
+                            args.seed_ref, seed_script, dir_a, dir_b, "train", args.batch, args.seed_steps
+                        )
+                    )
                     print(f"round {r}: seed train {seed_train[-1]}", flush=True)
                 if who == "ours" and ours:
                     for _ in range(args.steps):
                         for o in ours:  # alternate the variants step by step
                             o.timed()
-                    print(f"round {r}: " + ", ".join(
-                        f"{o.name} {statistics.median(o.times[-args.steps:]):.2f} s/step" for o in ours), flush=True)
+                    print(
+                        f"round {r}: "
+                        + ", ".join(
+                            f"{o.name} {statistics.median(o.times[-args.steps :]):.2f} s/step" for o in ours
+                        ),
+                        flush=True,
+                    )
             if args.no_data:
                 continue
             for who in order:
                 if who == "seed" and args.seed_ref:
-                    seed_data.append(run_seed(args.seed_ref, seed_script, dir_a, dir_b, "data",
-                                              args.seed_data_batch, max(1, args.data_images // args.seed_data_batch)))
+                    seed_data.append(
+                        run_seed(
+                            args.seed_ref,
+                            seed_script,
+                            dir_a,
+                            dir_b,
+                            "data",
+                            args.seed_data_batch,
+                            max(1, args.data_images // args.seed_data_batch),
+                        )
+                    )
                     print(f"round {r}: seed data {seed_data[-1]}", flush=True)
                 if who == "ours":
-                    our_data.append(time_our_data(data_settings, faces_a, faces_b,
-                                                  max(1, args.data_images // (2 * args.batch))))
+                    our_data.append(
+                        time_our_data(
+                            data_settings, faces_a, faces_b, max(1, args.data_images // (2 * args.batch))
+                        )
+                    )
                     print(f"round {r}: ours data {our_data[-1]}", flush=True)
 
     def summary(rounds: list[dict]) -> dict:
-        return {"img_s": round(statistics.median(x["img_s"] for x in rounds), 2), "rounds": rounds}
+        out = {"img_s": round(statistics.median(x["img_s"] for x in rounds), 2)}
+        for k in ("cpu_s_per_step", "cpu_ms_per_img"):
+            if all(k in x for x in rounds):
+                out[k] = round(statistics.median(x[k] for x in rounds), 3)
+        return out | {"rounds": rounds}
 
     train = {}
     if seed_train:
         train["seed"] = summary(seed_train)
     for o in ours:
         med = statistics.median(o.times)
-        e = {"img_s": round(2 * args.batch / med, 2), "s_per_step": round(med, 3),
-             "step_times_s": [round(x, 3) for x in o.times], "foreign_cpu": o.foreign,
-             "first_step_s": o.compile_s, "last_loss": o.loss, "step_source": o.step_source}
+        e = {
+            "img_s": round(2 * args.batch / med, 2),
+            "s_per_step": round(med, 3),
+            "cpu_s_per_step": round(statistics.median(o.cpu), 3),
+            "step_times_s": [round(x, 3) for x in o.times],
+            "cpu_times_s": [round(x, 3) for x in o.cpu],
+            "foreign_cpu": o.foreign,
+            "first_step_s": o.compile_s,
+            "optimizer": o.optimizer_class,
+            "last_loss": o.loss,
+        }
         if seed_train:
             e["ratio_vs_seed"] = round(e["img_s"] / train["seed"]["img_s"], 2)
+            if "cpu_s_per_step" in train["seed"]:
+                e["cpu_ratio_vs_seed"] = round(train["seed"]["cpu_s_per_step"] / e["cpu_s_per_step"], 2)
         train[o.name] = e
     data = {}
     if seed_data:
@@ -577,20 +653,44 @@ def main() -> None:
         data["ours"] = summary(our_data) | {"batch": f"{args.batch} per person x 2"}
         if seed_data:
             data["ours"]["ratio_vs_seed"] = round(data["ours"]["img_s"] / data["seed"]["img_s"], 2)
+            if "cpu_ms_per_img" in data["seed"]:
+                data["ours"]["cpu_ratio_vs_seed"] = round(
+                    data["seed"]["cpu_ms_per_img"] / data["ours"]["cpu_ms_per_img"], 2
+                )
     info["loadavg_end"] = loadavg()
     info |= {"train": train, "data": data, "targets_vs_seed": TARGETS}
     out = args.out or RESULTS / "train_throughput.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(info, indent=2) + "\n")
 
-    print(f"\n{info['machine']['cpu']}, {info['machine']['cores']} cores, TF {tf.__version__}"
-          + (f" (seed: TF {info['seed']['tensorflow']})" if args.seed_ref else ""))
-    print(f"{'':22s} {'img/s':>8s} {'vs seed':>8s} {'target':>7s}")
+    print(
+        f"\n{info['machine']['cpu']}, {info['machine']['cores']} cores, TF {tf.__version__}"
+        + (f" (seed: TF {info['seed']['tensorflow']})" if args.seed_ref else "")
+    )
+    print(
+        f"{'':28s} {'img/s':>8s} {'vs seed':>8s} {'target':>7s} {'CPU/img':>9s} {'vs seed':>8s} "
+        f"{'foreign':>8s}"
+    )
     for section, rows in (("train", train), ("data", data)):
         for name, e in rows.items():
-            ratio = e.get("ratio_vs_seed")
-            print(f"{section + ' ' + name:22s} {e['img_s']:8.2f} {'' if ratio is None else f'{ratio:.2f}x':>8s} "
-                  f"{'' if ratio is None else f'{TARGETS[section]:.1f}x':>7s}")
+            ratio, cratio = e.get("ratio_vs_seed"), e.get("cpu_ratio_vs_seed")
+            cpu = (
+                1000 * e["cpu_s_per_step"] / (2 * args.batch)
+                if "cpu_s_per_step" in e
+                else e.get("cpu_ms_per_img")
+            )
+            fg = e.get("foreign_cpu") or [x.get("foreign_cpu") for x in e.get("rounds", [])]
+            fg = [x for x in fg if x is not None]
+            print(
+                f"{section + ' ' + name:28s} {e['img_s']:8.2f} {'' if ratio is None else f'{ratio:.2f}x':>8s} "
+                f"{'' if ratio is None else f'{TARGETS[section]:.1f}x':>7s} "
+                f"{'' if cpu is None else f'{cpu:.1f} ms':>9s} {'' if cratio is None else f'{cratio:.2f}x':>8s} "
+                f"{f'{statistics.median(fg):.2f}' if fg else '':>8s}"
+            )
+    print(
+        "img/s: wall clock, medians; CPU/img: process CPU time (all threads) per image, less sensitive to "
+        "neighbours;\nforeign: median share of the machine's CPU used by other processes while measuring"
+    )
     print(f"load average {info['loadavg_start']} -> {info['loadavg_end']}; written {out}")
 
 

@@ -38,3 +38,13 @@ def test_final_weights_round_trip_and_foreign_folder(tmp_path):
     (tmp_path / "final" / "model.json").write_text('{"model": {"input_size": 64}, "face_size": 64}')
     with pytest.raises(UserError, match="does not match"):
         M.load_final(tmp_path / "final")
+
+
+def test_pixel_shuffle_is_tf_depth_to_space():
+    import numpy as np
+    import tensorflow as tf
+
+    from autoswap.model import PixelShuffle
+
+    x = np.random.default_rng(0).normal(size=(2, 3, 5, 12)).astype(np.float32)  # (B, H, W, 4C)
+    np.testing.assert_array_equal(np.asarray(PixelShuffle()(x)), tf.nn.depth_to_space(x, 2).numpy())

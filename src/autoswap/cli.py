@@ -240,6 +240,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _quiet_tensorflow_start() -> None:
+    """Import TensorFlow and probe its devices with file descriptor 2 sent to /dev/null, then
+    say in one line what it runs on. TF 2.21 writes its start-up chatter (oneDNN notice, CUDA
+    probing, cuInit errors on CPU-only machines) through absl before its log level is read, so
+    TF_CPP_MIN_LOG_LEVEL cannot hide it; AUTOSWAP_TF_LOGS=1 shows it again."""
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    sys.stderr.flush()
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(devnull)
+        os.close(saved)
+    where = f"{len(gpus)} GPU(s)" if gpus else "CPU"
+    print(f"autoswap: TensorFlow {tf.__version__} on {where}", flush=True)
+
+
+# the commands that run TensorFlow
+_TF_COMMANDS = {"prepare", "train", "evaluate", "preview", "extract", "swap"}
+
+
 def main(argv: list[str] | None = None) -> int:
     # TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) hides the lines that matter
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -248,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     from autoswap.errors import UserError
 
     args = build_parser().parse_args(argv)
+    if args.command in _TF_COMMANDS and not os.environ.get("AUTOSWAP_TF_LOGS"):
+        _quiet_tensorflow_start()
     try:
         rc = args.fn(args)
     except UserError as e:

@@ -7,6 +7,10 @@ model.input_size):
   expression and light rendered as Y). Only where the data set has ground truth (synthetic).
 - identity_swap_mae / identity_swap_ssim: the "output = input" baseline for the swap, i.e. X
   itself scored against the counterpart. A swap that learned anything beats it.
+- mean_face_swap_mae / mean_face_swap_ssim: the "ignore the input" baseline: Y's average face
+  (per-pixel median of Y's training crops, the constant image with the lowest MAE on them)
+  scored against the counterpart. A swap that follows X's pose and expression beats it; a model
+  that has only learned Y's average face, blurred, scores about the same.
 - cycle_mae: X -> decoder Y -> encoder -> decoder X against X, a swap consistency score that
   needs no ground truth (lower is better).
 """
@@ -35,8 +39,10 @@ def _scores(pred, target) -> dict:
     return {"mae": mae, "psnr": psnr, "ssim": ssim}
 
 
-def evaluate_faces(nets, spec, faces: dict, gts: dict, batch: int = 32) -> dict:
+def evaluate_faces(nets, spec, faces: dict, gts: dict, batch: int = 32, train_faces: dict | None = None) -> dict:
     from autoswap.pipeline import center_crop
+
+    train_faces = train_faces or {}
 
     encoder, decoder_a, decoder_b = nets
     dec = {"a": decoder_a, "b": decoder_b}
@@ -54,6 +60,10 @@ def evaluate_faces(nets, spec, faces: dict, gts: dict, batch: int = 32) -> dict:
             s, base = _scores(swap, gt), _scores(inp, gt)
             m.update(swap_mae=s["mae"], swap_ssim=s["ssim"])
             m.update(identity_swap_mae=base["mae"], identity_swap_ssim=base["ssim"])
+            if train_faces.get(y) is not None and len(train_faces[y]):
+                mean_face = np.median(np.asarray(center_crop(spec, train_faces[y])), axis=0)  # (64, 64, 3)
+                c = _scores(np.broadcast_to(mean_face, gt.shape).astype(np.float32), gt)
+                m.update(mean_face_swap_mae=c["mae"], mean_face_swap_ssim=c["ssim"])
         out[x] = {k: round(v, 6) for k, v in m.items()}
     return out
 
@@ -69,14 +79,15 @@ def evaluate(settings: Settings, model_dir: Path = Path("models/final"), metrics
     check_geometry(meta, settings, model_dir)
     spec = BatchSpec.from_settings(settings)
     root, size = settings.data.faces_dir, settings.data.face_size
-    faces, gts = {}, {}
+    faces, gts, train_faces = {}, {}, {}
     for s in "ab":
+        train_faces[s] = load_faces(root / s / "train", size)[0]
         faces[s] = load_faces(root / s / "val", size)[0]
         if len(faces[s]) == 0:
             raise UserError(f"{root / s / 'val'}: no validation faces; run `dvc repro prepare`")
         gt = load_faces(root / s / "val_gt", size)[0] if (root / s / "val_gt").is_dir() else None
         gts[s] = gt if gt is not None and len(gt) else None
-    result = evaluate_faces(nets, spec, faces, gts, settings.evaluate.batch_size)
+    result = evaluate_faces(nets, spec, faces, gts, settings.evaluate.batch_size, train_faces)
     metrics_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(metrics_dir / "eval.json", result)
 

@@ -25,9 +25,13 @@ class PixelShuffle(layers.Layer):
     models serialise without pickled Python code."""
 
     def call(self, x):
-        import tensorflow as tf  # keras 3 ops have no depth_to_space; this project is TF-only
-
-        return tf.nn.depth_to_space(x, 2)
+        # tf.nn.depth_to_space's NHWC layout written in keras.ops (which has no depth_to_space),
+        # so the model also builds on Keras' JAX backend (bench/gpu_step.py)
+        _, h, w, c = x.shape
+        c = c // 4
+        x = keras.ops.reshape(x, (-1, h, w, 2, 2, c))  # channel index (i * 2 + j) * c + k
+        x = keras.ops.transpose(x, (0, 1, 3, 2, 4, 5))  # (B, H, i, W, j, C)
+        return keras.ops.reshape(x, (-1, h * 2, w * 2, c))
 
     def compute_output_shape(self, s):
         return (s[0], None if s[1] is None else s[1] * 2, None if s[2] is None else s[2] * 2, s[3] // 4)

@@ -155,6 +155,71 @@ def _read_csv(path: Path) -> list[dict]:
         return [{k: (int(v) if k == "step" else float(v)) for k, v in r.items()} for r in csv.DictReader(f)]
 
 
+def make_optimizer(t, schedule):
+    """Adam with the seed's defaults (5e-5, beta_1 0.5) as train.* sets them."""
+    import keras
+
+    return keras.optimizers.Adam(learning_rate=schedule, beta_1=t.beta_1, beta_2=t.beta_2)
+
+
+def make_forward_backward(nets, optimizer, loss_settings, replicas: int = 1):
+    """The train step, uncompiled: warped and target batches of both people in, one Adam update.
+
+    Losses are divided by `replicas` so that summing the replicas' gradients gives the gradient
+    of the mean over the global batch. Returns the two totals, or, when train.loss has several
+    terms, (total, *terms) per person.
+    """
+    import tensorflow as tf
+
+    from autoswap.losses import component_names, make_loss
+
+    encoder, decoder_a, decoder_b = nets
+    train_vars = encoder.trainable_variables + decoder_a.trainable_variables + decoder_b.trainable_variables
+    loss_fn = make_loss(loss_settings, mae_loss)  # the default (kind mae) is exactly mae_loss
+    parts = component_names(loss_settings)  # [] unless a mix
+
+    def forward_backward(wa, ta, wb, tb):  # (b, 64, 64, 3) each
+        b = wa.shape[0]
+        with tf.GradientTape() as tape:
+            z = encoder(tf.concat([wa, wb], 0), training=True)  # (2b, 8, 8, 512): one pass, both people
+            ya = decoder_a(z[:b], training=True)  # (b, 64, 64, 3)
+            yb = decoder_b(z[b:], training=True)
+            terms_a, terms_b = loss_fn(ta, ya), loss_fn(tb, yb)  # float32 dicts: "total" and each term
+            loss_a, loss_b = terms_a["total"] / replicas, terms_b["total"] / replicas
+            loss = loss_a + loss_b  # inside the tape, or it has no path to the weights
+        grads = tape.gradient(loss, train_vars)
+        optimizer.apply_gradients(zip(grads, train_vars, strict=True))
+        if not parts:
+            return loss_a, loss_b
+        # each term scaled like the total, so the replicas' sum is the global batch's mean
+        return (tf.stack([loss_a, *(terms_a[k] / replicas for k in parts)]),
+                tf.stack([loss_b, *(terms_b[k] / replicas for k in parts)]))
+
+    return forward_backward
+
+
+def make_dataset(spec, faces_a, faces_b, start: int, stop: int):
+    """The host-side input pipeline: (step, (warped A, target A, warped B, target B)) for each
+    step in [start, stop). Batches are a pure function of (seed, step), so a resumed run and a
+    parallel map see the same data as a sequential, uninterrupted one."""
+    import tensorflow as tf
+
+    from autoswap.pipeline import make_batch
+
+    fa = tf.constant(faces_a)  # (Na, S, S, 3) uint8, decoded once
+    fb = tf.constant(faces_b)
+
+    @tf.autograph.experimental.do_not_convert  # plain TF code; autograph only warns about it
+    def batches(s):
+        return s, (*make_batch(spec, fa, s, 0), *make_batch(spec, fb, s, 1))
+
+    return (
+        tf.data.Dataset.range(start, stop)
+        .map(batches, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .prefetch(2)
+    )
+
+
 def train(settings: Settings, metrics_dir: Path = Path("metrics"), plots_dir: Path = Path("plots")) -> dict:
     import keras
     import mlflow
@@ -193,7 +258,7 @@ def train(settings: Settings, metrics_dir: Path = Path("metrics"), plots_dir: Pa
     with strategy.scope():
         encoder, decoder_a, decoder_b = nets = M.build(settings.model)
         schedule = LRSchedule(t.lr_schedule, t.learning_rate, t.steps)
-        optimizer = keras.optimizers.Adam(learning_rate=schedule, beta_1=t.beta_1, beta_2=t.beta_2)
+        optimizer = make_optimizer(t, schedule)
         train_vars = encoder.trainable_variables + decoder_a.trainable_variables + decoder_b.trainable_variables
         optimizer.build(train_vars)
         step_var = tf.Variable(0, dtype=tf.int64, name="step")
@@ -268,44 +333,11 @@ def train(settings: Settings, metrics_dir: Path = Path("metrics"), plots_dir: Pa
     # ---- the step
     on_device = t.data_on_device or replicas > 1
 
-    def forward_backward(wa, ta, wb, tb):
-        """One replica's share: (b, 64, 64, 3) each. Losses are scaled so that summing the
-        replicas' gradients gives the gradient of the mean over the global batch.
-        Returns the two totals, or, when train.loss has several terms, (total, *terms) per person."""
-        from autoswap.losses import component_names, make_loss
-
-        loss_fn = make_loss(t.loss, mae_loss)  # the default (kind mae) is exactly mae_loss
-        parts = component_names(t.loss)  # [] unless a mix
-        b = wa.shape[0]
-        with tf.GradientTape() as tape:
-            z = encoder(tf.concat([wa, wb], 0), training=True)  # (2b, 8, 8, 512): one pass, both people
-            ya = decoder_a(z[:b], training=True)  # (b, 64, 64, 3)
-            yb = decoder_b(z[b:], training=True)
-            terms_a, terms_b = loss_fn(ta, ya), loss_fn(tb, yb)  # float32 dicts: "total" and each term
-            loss_a, loss_b = terms_a["total"] / replicas, terms_b["total"] / replicas
-            loss = loss_a + loss_b  # inside the tape, or it has no path to the weights
-        grads = tape.gradient(loss, train_vars)
-        optimizer.apply_gradients(zip(grads, train_vars, strict=True))
-        if not parts:
-            return loss_a, loss_b
-        # each term scaled like the total, so the replicas' sum is the global batch's mean
-        return (tf.stack([loss_a, *(terms_a[k] / replicas for k in parts)]),
-                tf.stack([loss_b, *(terms_b[k] / replicas for k in parts)]))
+    forward_backward = make_forward_backward(nets, optimizer, t.loss, replicas)
 
     if not on_device:
-        fa = tf.constant(sets["a"][0])  # (Na, S, S, 3) uint8, decoded once
-        fb = tf.constant(sets["b"][0])
         train_step = tf.function(forward_backward, jit_compile=t.jit_compile)
-
-        @tf.autograph.experimental.do_not_convert  # plain TF code; autograph only warns about it
-        def batches(s):
-            return s, (*make_batch(spec, fa, s, 0), *make_batch(spec, fb, s, 1))
-
-        steps_iter = (
-            tf.data.Dataset.range(start, t.steps)
-            .map(batches, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            .prefetch(2)
-        )
+        steps_iter = make_dataset(spec, sets["a"][0], sets["b"][0], start, t.steps)
     else:
         # the decoded faces, copied once to every replica's device and kept there for the run
         # (constants, not variables: collectives cannot broadcast uint8 variables)
