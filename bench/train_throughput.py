@@ -231,7 +231,7 @@ def time_our_data(settings, faces_a, faces_b, n_elements: int, warmup: int = 3) 
     c0, t0 = time.process_time(), time.perf_counter()
     for _ in range(n_elements):
         el = next(it)
-    el[1].numpy()
+    el[1][0].numpy()  # waits for the last batch
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     n = 2 * settings.train.batch_size * n_elements
     return {"img_s": round(n / dt, 1), "cpu_ms_per_img": round(1000 * cpu / n, 3), "foreign_cpu": fc.stop()}
