@@ -26,6 +26,7 @@ from autoswap.align import (
     hamming,
     invert_affine,
     phash,
+    region_maps,
     template_points,
     umeyama,
 )
@@ -141,6 +142,31 @@ def test_face_mask_covers_the_face_and_turns_with_it():
     expected = cv2.warpAffine(m, rot, (SIZE, SIZE), flags=cv2.INTER_NEAREST)
     assert (turned != expected).mean() < 0.02
     assert (turned != m).mean() > 0.05
+
+
+def test_region_maps_mask_eyes_and_mouth():
+    lm = template_points(SIZE)
+    maps = region_maps(lm, SIZE)
+    assert maps.shape == (SIZE, SIZE, 3) and maps.dtype == np.uint8 and set(np.unique(maps)) == {0, 255}
+    np.testing.assert_array_equal(maps[..., 0], face_mask(lm, SIZE))
+    mask, eyes, mouth = (maps[..., k] > 0 for k in range(3))
+    assert not (eyes & ~mask).any() and not (mouth & ~mask).any()  # the mask covers both regions
+    at = {name: (int(round(y)), int(round(x))) for name, (x, y) in zip(("le", "re", "nose", "ml", "mr"), lm, strict=True)}
+    mouth_centre = tuple(int(round(v)) for v in (lm[3] + lm[4])[::-1] / 2)
+    assert eyes[at["le"]] and eyes[at["re"]] and not eyes[mouth_centre] and not eyes[at["nose"]]
+    assert mouth[mouth_centre] and mouth[at["ml"]] and mouth[at["mr"]] and not mouth[at["le"]] and not mouth[at["re"]]
+    assert not (eyes & mouth).any()
+    # sizes follow the eye distance d: two discs of radius 0.25 d, an ellipse (corners / 2 + 0.15 d) x 0.22 d
+    d = float(np.linalg.norm(lm[1] - lm[0]))
+    assert eyes.sum() == pytest.approx(2 * np.pi * (0.25 * d) ** 2, rel=0.1)
+    half = np.linalg.norm(lm[4] - lm[3]) / 2 + 0.15 * d
+    assert mouth.sum() == pytest.approx(np.pi * half * 0.22 * d, rel=0.1)
+    # they turn with the face, like the mask
+    rot = cv2.getRotationMatrix2D((SIZE / 2, SIZE / 2), 25, 1.0)
+    turned = region_maps(apply_affine(rot, lm), SIZE)
+    for k in (1, 2):
+        expected = cv2.warpAffine(maps[..., k], rot, (SIZE, SIZE), flags=cv2.INTER_NEAREST)
+        assert (turned[..., k] != expected).mean() < 0.01
 
 
 def test_blur_score_and_phash(hopper, hopper_face):

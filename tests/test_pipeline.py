@@ -102,3 +102,91 @@ def test_batch_works_inside_xla(faces):
     w0, t0 = make_batch(s, faces, 5, 0)
     np.testing.assert_allclose(t, t0, atol=1e-4)  # same draws: an integer hash, exact under XLA
     np.testing.assert_allclose(w, w0, atol=1e-3)  # the spline solve rounds differently
+
+
+# ----------------------------------------------------------------------------- loss maps
+def template_maps(n, size=128):
+    """(n, size, size, 3) uint8 region maps of a face on the alignment template."""
+    from autoswap.align import region_maps, template_points
+
+    return np.repeat(region_maps(template_points(size), size)[None], n, axis=0)
+
+
+def test_maps_ride_along_without_changing_the_rgb_batch(faces):
+    with_maps = tf.concat([faces, tf.constant(template_maps(20))], -1)  # (20, 128, 128, 6)
+    for s in (spec(), spec(augment={"color": {"lightness": 0.3, "ab": 0.08, "contrast": 0.2}})):
+        w3, t3 = make_batch(s, faces, 7, 1)
+        w6, t6 = make_batch(s, with_maps, 7, 1)
+        assert w6.shape == w3.shape == (16, 64, 64, 3) and t6.shape == (16, 64, 64, 6)
+        np.testing.assert_array_equal(w6, w3)  # bit for bit: the default path does not change
+        np.testing.assert_array_equal(t6[..., :3], t3)
+        maps = t6[..., 3:].numpy()
+        assert maps.min() >= 0.0 and maps.max() <= 1.0
+        assert 0.05 < maps[..., 1].mean() < maps[..., 0].mean() < 0.9  # eyes inside the mask, both present
+    # a map that is 255 everywhere stays 1 under any augmentation (no colour change, no fill)
+    full = tf.concat([faces, tf.fill([20, 128, 128, 3], tf.constant(255, tf.uint8))], -1)
+    _, t = make_batch(spec(augment={"color": {"lightness": 0.3}}), full, 3, 0)
+    np.testing.assert_allclose(t[..., 3:], 1.0, atol=1e-6)
+
+
+def test_maps_follow_the_target_geometry(faces):
+    from autoswap.align import template_points
+
+    # no augmentation, no warp: the eye map's centre of mass is the eye landmark, seen through the
+    # centre crop (80 of 128 px, resized to 64)
+    s = spec(augment={"flip": 0, "zoom": 0, "rotation": 0, "translation": 0}, warp={"stddev": 0.0})
+    _, t = make_batch(s, tf.concat([faces, tf.constant(template_maps(20))], -1), 0, 0)
+    eyes = t[0, ..., 4].numpy()
+    yy, xx = np.mgrid[:64, :64]
+    for eye, half in zip(template_points(128)[:2], (xx < 32, xx >= 32), strict=True):
+        m = eyes * half
+        centre = np.array([(m * xx).sum(), (m * yy).sum()]) / m.sum()
+        expect = (eye + 0.5 - 24) * 64 / 80 - 0.5
+        np.testing.assert_allclose(centre, expect, atol=0.25)
+    # with augmentation the maps move with the target face, not with the warped input: a
+    # flipped target has its mask flipped, and the warp does not reach the maps
+    flip = spec(augment={"flip": 1.0, "zoom": 0, "rotation": 0, "translation": 0}, warp={"stddev": 0.0})
+    _, tf_ = make_batch(flip, tf.concat([faces, tf.constant(template_maps(20))], -1), 0, 0)
+    np.testing.assert_allclose(tf_[0, ..., 3:], t[0, :, ::-1, 3:], atol=1e-5)
+    warped = spec(augment={"flip": 0, "zoom": 0, "rotation": 0, "translation": 0})
+    _, tw = make_batch(warped, tf.concat([faces, tf.constant(template_maps(20))], -1), 0, 0)
+    np.testing.assert_array_equal(tw[..., 3:], t[..., 3:])
+
+
+def test_maps_in_xla_match_eager(faces):
+    s = spec()
+    with_maps = tf.concat([faces, tf.constant(template_maps(20))], -1)
+    f = tf.function(lambda st: make_batch(s, with_maps, st, 0), jit_compile=True)
+    _, t = f(tf.constant(5, tf.int64))
+    _, t0 = make_batch(s, with_maps, 5, 0)
+    np.testing.assert_allclose(t, t0, atol=1e-4)
+
+
+def test_load_maps_reads_the_manifest_and_names_what_is_missing(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from autoswap.align import region_maps, template_points
+    from autoswap.errors import UserError
+    from autoswap.pipeline import load_maps
+
+    split = tmp_path / "a" / "train"
+    split.mkdir(parents=True)
+    files = []
+    for i in range(2):
+        Image.new("RGB", (64, 64), (90, 90, 90)).save(split / f"{i:05d}.png")
+        files.append(split / f"{i:05d}.png")
+    lm = template_points(64)
+    row = {"crop": "00000", "landmarks_crop": lm.tolist()}  # extract's rows: the name, no split
+    (tmp_path / "a" / "manifest.jsonl").write_text(json.dumps(row) + "\n")
+    maps = load_maps(split, files[:1], 64)
+    np.testing.assert_array_equal(maps[0], region_maps(lm, 64))
+    # a crop of another size: the landmarks scale with it
+    big = load_maps(split, files[:1], 128)
+    np.testing.assert_array_equal(big[0], region_maps(template_points(128), 128))
+    with pytest.raises(UserError, match=r"00001.png: no landmarks for this face in .*manifest.jsonl"):
+        load_maps(split, files, 64)
+    (tmp_path / "a" / "manifest.jsonl").unlink()
+    with pytest.raises(UserError, match=r"no manifest.jsonl with face landmarks \(faces from data.aligned: true"):
+        load_maps(split, files, 64)

@@ -96,6 +96,25 @@ def test_synthetic_source_writes_the_tree_with_ground_truth(tmp_path):
     assert report["source"] == "synthetic"
 
 
+def test_synthetic_faces_have_landmarks_for_the_loss_maps(tmp_path):
+    from autoswap.pipeline import load_faces, load_maps
+
+    prepare(parse(tiny_raw(tmp_path)), metrics_dir=tmp_path / "metrics")
+    for side in "ab":
+        rows = [json.loads(x) for x in (tmp_path / f"faces/{side}/manifest.jsonl").read_text().splitlines()]
+        for split in ("train", "val"):
+            names = sorted(p.stem for p in (tmp_path / f"faces/{side}/{split}").glob("*.png"))
+            assert sorted(r["crop"] for r in rows if r["split"] == split) == names
+            assert all(np.shape(r["landmarks_crop"]) == (5, 2) for r in rows)
+            faces, files, _ = load_faces(tmp_path / f"faces/{side}/{split}", 64)
+            maps = load_maps(tmp_path / f"faces/{side}/{split}", files, 64)
+            assert maps.shape == (len(files), 64, 64, 3)
+            # every face has a mask, two eyes and a mouth, inside the mask
+            area = (maps > 0).mean((1, 2))  # (N, 3)
+            assert (area[:, 0] > 0.15).all() and (area[:, 1] > 0.005).all() and (area[:, 2] > 0.005).all()
+            assert ((maps[..., 1:] > 0) & (maps[..., :1] == 0)).mean() < 0.001
+
+
 def _photo_variants(img, out, n):
     """n distinct photos of one real face: crops, mirror, brightness and small rotations."""
     from PIL import ImageEnhance
@@ -136,4 +155,10 @@ def test_raw_photos_are_extracted_aligned_and_split(tmp_path):
         assert Image.open(crops[0]).size == (64, 64)
         rows = [json.loads(x) for x in (tmp_path / f"faces/{side}/manifest.jsonl").read_text().splitlines()]
         assert len(rows) == 5 and all(len(r["affine"]) == 2 for r in rows)
+        # the loss maps come from these rows; their mask is the one extract wrote
+        from autoswap.pipeline import load_maps
+
+        maps = load_maps(tmp_path / f"faces/{side}/train", crops, 64)
+        written = np.stack([np.asarray(Image.open(m)) for m in masks])
+        assert (maps[..., 0] != written).mean() < 0.01
     assert report["persons"]["a"]["dropped"]["unreadable"] == 1

@@ -1,5 +1,6 @@
 import dataclasses
 import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -165,6 +166,38 @@ def test_generate_writes_the_tree_counts_and_ground_truth(tmp_path):
         assert np.array_equal(gt, S.render(other, cond, 32))
     # training sets are unpaired: A's and B's image 0 have different conditions
     assert S.image_conditions(cfg, 11, "a", "train", 0) != S.image_conditions(cfg, 11, "b", "train", 0)
+    # a manifest per person, like extract's: the 5 landmarks of every train and val face
+    for person in "ab":
+        rows = [json.loads(x) for x in (tmp_path / "d" / person / "manifest.jsonl").read_text().splitlines()]
+        assert [(r["split"], r["crop"]) for r in rows] == [
+            (s, f"{i:05d}") for s, n in (("train", 4), ("val", 3)) for i in range(n)
+        ]
+        cond = S.image_conditions(cfg, 11, person, "val", 2)
+        np.testing.assert_allclose(rows[-1]["landmarks_crop"], S.landmarks5(person, cond, 32), atol=1e-4)
+
+
+def test_five_landmarks_are_the_drawn_eyes_nose_and_mouth_corners():
+    for c in conds(6, seed=7):
+        c = dataclasses.replace(c, blink=0.0, mouth_open=1.0, brightness=1.0, light_strength=0.3)
+        marks = S.landmarks("a", c, 128)
+        for person in ("a", "b"):
+            lm = S.landmarks5(person, c, 128)
+            assert lm.shape == (5, 2)
+            # the pupils are `landmarks`' eyes in align's convention (pixel centres on integers)
+            np.testing.assert_allclose(lm[:2], np.array([marks["left_eye"], marks["right_eye"]]) - 0.5, atol=1e-9)
+            # MTCNN's order: nose below the eyes, the mouth corners below the nose, left of right
+            eye_mid, corner_mid = lm[:2].mean(0), lm[3:].mean(0)
+            d = np.linalg.norm(lm[1] - lm[0])
+            # the corners flank the mouth centre (an open mouth's centre drops below their line)
+            assert np.linalg.norm(corner_mid - (np.array(marks["mouth"]) - 0.5)) < 0.3 * d
+            down = corner_mid - eye_mid
+            along = (lm[2] - eye_mid) @ down / (down @ down)
+            assert 0.3 < along < 1.0, (person, c)
+            assert (lm[4] - lm[3]) @ (lm[1] - lm[0]) > 0
+    # the mouth corners are the person's own: B's mouth is narrower than A's
+    n = S.neutral_conditions()
+    width = {p: np.linalg.norm(np.diff(S.landmarks5(p, n, 128)[3:], axis=0)) for p in "ab"}
+    assert width["b"] < 0.9 * width["a"]
 
 
 def test_generate_is_byte_identical_and_counts_do_not_shift_images(tmp_path):

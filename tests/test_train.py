@@ -182,3 +182,60 @@ def test_disk_full_while_saving_is_a_clear_error(tmp_path, faces, mlflow_store, 
     assert not list(ck.glob("ckpt-*")) and not (ck / "checkpoint").exists()  # nothing half-written as latest
     state = json.loads((ck / "state.json").read_text())
     assert mlflow.MlflowClient().get_run(state["run_id"]).info.status == "FAILED"
+
+
+# ----------------------------------------------------------------------------- loss maps
+MAPS_LOSS = {"kind": "mae", "mask_outside_weight": 0.0, "eye_multiplier": 3.0, "mouth_multiplier": 2.0}
+
+
+@pytest.fixture(scope="module")
+def synthetic_faces(tmp_path_factory):
+    """The tiny synthetic set, with its landmark manifests (prepare writes them)."""
+    from autoswap.prepare import prepare
+
+    root = tmp_path_factory.mktemp("synthetic")
+    prepare(parse(tiny_raw(root)), metrics_dir=root / "metrics")
+    return root / "faces"
+
+
+def test_mask_and_region_weights_are_fed_to_the_loss(tmp_path, synthetic_faces, mlflow_store):
+    _, plain = run(tmp_path / "plain", data={"faces_dir": str(synthetic_faces)})
+    _, masked = run(tmp_path / "maps", data={"faces_dir": str(synthetic_faces)}, train={"loss": MAPS_LOSS})
+    assert np.isfinite([masked["loss_a"], masked["loss_b"]]).all()
+    assert masked["loss_a"] != plain["loss_a"] and masked["loss_b"] != plain["loss_b"]
+    # the on-device path builds the same batches, maps included
+    _, device = run(tmp_path / "dev", data={"faces_dir": str(synthetic_faces)},
+                    train={"loss": MAPS_LOSS, "data_on_device": True})
+    assert device["loss_a"] == pytest.approx(masked["loss_a"], rel=1e-4)
+    assert device["loss_b"] == pytest.approx(masked["loss_b"], rel=1e-4)
+
+
+def test_forward_backward_splits_the_maps_off_the_target(tmp_path):
+    import keras
+    import tensorflow as tf
+
+    from autoswap import model as M
+
+    s = parse(tiny_raw(tmp_path, train={"loss": MAPS_LOSS}))
+    keras.utils.set_random_seed(0)
+    nets = M.build(s.model)
+    step = T.make_forward_backward(nets, T.make_optimizer(s.train, 1e-3), s.train.loss)
+    rng = np.random.default_rng(0)
+    w = tf.constant(rng.random((2, 32, 32, 3)), tf.float32)
+    rgb = tf.constant(rng.random((2, 32, 32, 3)), tf.float32)
+    ones = tf.ones((2, 32, 32, 3))
+    # a mask of 0 everywhere, with outside weight 0: nothing counts, whatever the model outputs
+    la, _ = step(w, tf.concat([rgb, 0.0 * ones], -1), w, tf.concat([rgb, ones], -1))
+    assert float(la) == 0.0
+    # a mask of 1 and eyes / mouth everywhere: a constant weight, so the plain MAE again
+    _, lb = step(w, tf.concat([rgb, ones], -1), w, tf.concat([rgb, ones], -1))
+    assert float(lb) > 0.05
+
+
+def test_loss_maps_need_landmarks(tmp_path, faces, mlflow_store):
+    # faces from data.aligned: true folders (here: plain PNGs) have no manifest to draw maps from
+    with pytest.raises(UserError) as e:
+        run(tmp_path, data={"faces_dir": str(faces)}, train={"loss": {"eye_multiplier": 3.0}})
+    msg = str(e.value)
+    assert "\n" not in msg and str(faces / "a") in msg and "no manifest.jsonl with face landmarks" in msg
+    assert "set them to 1.0" in msg

@@ -1,5 +1,5 @@
-"""Face alignment: the canonical 5-point template, the Umeyama similarity fit, the landmark mask,
-and the per-crop quality measures (blur score, perceptual hash).
+"""Face alignment: the canonical 5-point template, the Umeyama similarity fit, the landmark mask
+and eye/mouth region maps, and the per-crop quality measures (blur score, perceptual hash).
 
 Coordinates are pixel coordinates with pixel centres on integers (OpenCV's convention): a point
 at fraction f of a crop of size S sits at ``f * S - 0.5``. Landmarks are ordered as MTCNN gives
@@ -162,6 +162,46 @@ def face_mask(landmarks_in_crop: np.ndarray, face_size: int) -> np.ndarray:
         angle, 0, 360, 255, thickness=-1, lineType=cv2.LINE_8, shift=shift,
     )
     return mask
+
+
+# ----------------------------------------------------------------------------- region maps
+# The eye and mouth regions that train.loss.eye_multiplier / mouth_multiplier weight, in units of
+# the eye distance d: a disc of radius 0.25 d round each eye (an eye is about half d wide, so the
+# disc holds the eye and its lids, not the brow) and an ellipse along the mouth-corner line,
+# reaching 0.15 d past each corner and 0.22 d above and below it (both lips, a smile, an open
+# mouth). faceswap draws its regions from 68-point hulls; 5 points give only centres and corners,
+# so these are generous shapes round them.
+EYE_RADIUS = 0.25
+MOUTH_PAST_CORNERS = 0.15
+MOUTH_HALF_HEIGHT = 0.22
+
+
+def region_maps(landmarks_in_crop: np.ndarray, face_size: int) -> np.ndarray:
+    """(face_size, face_size, 3) uint8 maps, each 255 inside and 0 outside: the face mask
+    (`face_mask`), the eyes and the mouth (see EYE_RADIUS and MOUTH_* above), from the 5 landmarks
+    in crop coordinates. Training stacks them behind the RGB channels (train.loss)."""
+    import cv2
+
+    lm = np.asarray(landmarks_in_crop, dtype=np.float64)
+    eyes = np.zeros((face_size, face_size), np.uint8)
+    mouth = np.zeros((face_size, face_size), np.uint8)
+    d = float(np.linalg.norm(lm[1] - lm[0]))
+    if d >= 1e-6:
+        shift = 4  # sub-pixel precision, as in face_mask
+
+        def fixed(p):
+            return int(round(p[0] * 2**shift)), int(round(p[1] * 2**shift))
+
+        r = int(round(EYE_RADIUS * d * 2**shift))
+        for eye in lm[:2]:
+            cv2.circle(eyes, fixed(eye), r, 255, thickness=-1, lineType=cv2.LINE_8, shift=shift)
+        corners = lm[4] - lm[3]
+        half_len = float(np.linalg.norm(corners)) / 2 + MOUTH_PAST_CORNERS * d
+        angle = float(np.degrees(np.arctan2(corners[1], corners[0])))
+        axes = (int(round(half_len * 2**shift)), int(round(MOUTH_HALF_HEIGHT * d * 2**shift)))
+        cv2.ellipse(mouth, fixed((lm[3] + lm[4]) / 2), axes, angle, 0, 360, 255,
+                    thickness=-1, lineType=cv2.LINE_8, shift=shift)
+    return np.stack([face_mask(lm, face_size), eyes, mouth], axis=-1)
 
 
 # ----------------------------------------------------------------------------- quality

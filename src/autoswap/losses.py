@@ -43,14 +43,17 @@ difference counts with the smaller weight of its two pixels. dssim and ms_dssim 
 window position by the window's mean weight (the weight map filtered with the same Gaussian),
 per image. ffl has no locality: it uses the mask (as a multiplier on both images) but not `weight`.
 
-How the maps are fed: the training batches do not carry masks or landmark regions yet. The face
-mask of each crop is `masks/NAME.png` next to the faces (prepare/extract write it), and the eye
-and mouth regions follow from the landmarks in `manifest.jsonl` (or, for synthetic faces, the
-renderer's landmarks), mapped through the same augmentation as the image. `make_batch` would
-sample them with the image's own sampling grid (`sample_bilinear` on a 1-channel map) and return
-them with (warped, target); `forward_backward` passes them on as `mask=` and `weight=`. Until
-then, settings that need a map (`mask_outside_weight` < 1, eye or mouth multiplier > 1) stop the
-run with a message instead of doing nothing.
+How the maps are fed: only when the settings need them (`needs_maps`: `mask_outside_weight` < 1,
+an eye or mouth multiplier > 1), train draws three maps per face from the 5 landmarks in
+data/faces/<side>/manifest.jsonl (extract writes the rows for real faces, `synthetic.generate`
+for the demo set): the face mask, the eyes and the mouth (`align.region_maps`, 0/255), built by
+`pipeline.load_maps` and cached as channels 3, 4, 5 of the uint8 face tensor. `make_batch` samples
+them with the target's own grid (augmented like the face, not warped) and returns a (B, H, W, 6)
+target; `forward_backward` splits it into the RGB target, `mask=` (channel 3) and
+`weight=region_weight(cfg, eyes, mouth)`. Faces prepared from `data.aligned: true` folders have no
+landmarks, so those settings stop there with a message. With the defaults nothing is loaded and
+the batches are the 3-channel ones, bit for bit. Called without the maps it needs, the loss
+function stops with a message instead of doing nothing.
 """
 
 from __future__ import annotations
@@ -90,6 +93,11 @@ def component_names(cfg) -> list[str]:
 def mae(y_true, y_pred) -> tf.Tensor:
     """The seed's loss: mean(|y_true - y_pred|) in float32."""
     return tf.reduce_mean(tf.abs(tf.cast(y_true, tf.float32) - tf.cast(y_pred, tf.float32)))
+
+
+def needs_maps(cfg) -> bool:
+    """Whether the loss of `cfg` uses the face mask or the eye/mouth maps (train loads them then)."""
+    return cfg.mask_outside_weight < 1 or cfg.eye_multiplier != 1 or cfg.mouth_multiplier != 1
 
 
 def region_weight(cfg, eyes=None, mouth=None) -> tf.Tensor | None:
@@ -235,13 +243,13 @@ def make_loss(cfg, mae_fn: Callable | None = None) -> LossFn:
     def loss(y_true, y_pred, mask=None, weight=None) -> dict[str, tf.Tensor]:
         if mask is None and outside < 1:
             raise UserError(
-                "train.loss.mask_outside_weight < 1 needs face masks with the training batches, which autoswap "
-                "does not feed yet; set it to 1.0"
+                "train.loss.mask_outside_weight < 1 needs face masks with the training batches (mask=), none were "
+                "given; set it to 1.0"
             )
         if weight is None and (cfg.eye_multiplier != 1 or cfg.mouth_multiplier != 1):
             raise UserError(
-                "train.loss.eye_multiplier / mouth_multiplier need eye and mouth maps with the training batches, "
-                "which autoswap does not feed yet; set them to 1.0"
+                "train.loss.eye_multiplier / mouth_multiplier need eye and mouth maps with the training batches "
+                "(weight=), none were given; set them to 1.0"
             )
         t, p = tf.cast(y_true, tf.float32), tf.cast(y_pred, tf.float32)
         w = None  # per-pixel weight (B, H, W, 1)

@@ -72,7 +72,7 @@ class BatchSpec:
 
     seed: int
     batch: int
-    face_size: int  # S: the cached faces are (S, S, 3)
+    face_size: int  # S: the cached faces are (S, S, 3), or (S, S, 6) with the loss maps
     out_size: int  # model input
     crop: float  # centre fraction of the face fed to the model
     flip: float
@@ -167,10 +167,10 @@ def _inverse_affine(spec: BatchSpec, q, params) -> tf.Tensor:
 
 
 def sample_bilinear(images, pts) -> tf.Tensor:
-    """images (B, S, S, 3) uint8, pts (B, M, 2) (y, x) -> (B, M, 3) float32 in [0, 1].
+    """images (B, S, S, C) uint8, pts (B, M, 2) (y, x) -> (B, M, C) float32 in [0, 1].
     Points are clamped to the image: with the seed's augmentation the centre crop never leaves
     the face, so the fill mode never shows."""
-    b, s = tf.shape(images)[0], images.shape[1]
+    b, s, c = tf.shape(images)[0], images.shape[1], images.shape[-1]
     y = tf.clip_by_value(pts[..., 0], 0.0, s - 1.0)
     x = tf.clip_by_value(pts[..., 1], 0.0, s - 1.0)
     y0 = tf.minimum(tf.floor(y), s - 2.0)
@@ -178,7 +178,7 @@ def sample_bilinear(images, pts) -> tf.Tensor:
     wy, wx = (y - y0)[..., None], (x - x0)[..., None]  # (B, M, 1)
     base = (tf.range(b) * s * s)[:, None]  # (B, 1)
     i00 = base + tf.cast(y0, tf.int32) * s + tf.cast(x0, tf.int32)  # (B, M)
-    flat = tf.reshape(images, [-1, 3])  # (B*S*S, 3)
+    flat = tf.reshape(images, [-1, c])  # (B*S*S, C)
 
     def at(i):
         return tf.cast(tf.gather(flat, i), tf.float32)
@@ -237,7 +237,12 @@ def color_jitter(spec: BatchSpec, px, u, m: int) -> tf.Tensor:
 
 
 def make_batch(spec: BatchSpec, faces, step, side: int, part: int = 0, parts: int = 1):
-    """faces (N, S, S, 3) uint8 -> (warped, target), each (B, out, out, 3) float32 in [0, 1].
+    """faces (N, S, S, C) uint8 -> (warped (B, out, out, 3), target (B, out, out, C)), float32 in [0, 1].
+
+    C is 3, or 6 when the faces carry the loss maps behind RGB (mask, eyes, mouth: `load_maps`).
+    The maps go through the target's geometry only, augmented but not warped, because the loss
+    compares the output with the unwarped target; they get no colour change. The RGB channels are
+    the 3-channel batch exactly (same draws, same ops), so adding maps changes no image bit.
 
     With parts > 1, only slice `part` of the global batch (B / parts images) is built, with the
     very draws the whole batch would use: replicas of a distribution strategy each build their
@@ -246,7 +251,8 @@ def make_batch(spec: BatchSpec, faces, step, side: int, part: int = 0, parts: in
     b, o = spec.batch // parts, spec.out_size
     lo = part * b
     idx = batch_indices(spec, n, step, side)[lo : lo + b]  # (b,)
-    imgs = tf.gather(faces, idx)  # (b, S, S, 3) uint8
+    imgs = tf.gather(faces, idx)  # (b, S, S, C) uint8
+    c = faces.shape[-1]
     q = tf.broadcast_to(tf.constant(_output_grid(spec)), [b, o * o, 2])  # (b, M, 2)
 
     # the warp: control points on the seed's grid, each source point moved by N(0, stddev)
@@ -258,22 +264,26 @@ def make_batch(spec: BatchSpec, faces, step, side: int, part: int = 0, parts: in
     params = random_uniform(spec.seed, step, _AUG + 4 * side, [spec.batch, 6])[lo : lo + b]
     src_warped = _inverse_affine(spec, q - flow, params)
     src_target = _inverse_affine(spec, q, params)
-    px = sample_bilinear(imgs, tf.concat([src_warped, src_target], axis=1))  # (b, 2M, 3)
+    rgb = imgs if c == 3 else imgs[..., :3]
+    px = sample_bilinear(rgb, tf.concat([src_warped, src_target], axis=1))  # (b, 2M, 3)
     if spec.color_lightness or spec.color_ab or spec.color_contrast:  # off: not in the graph at all
         u = random_uniform(spec.seed, step, _COLOR + 4 * side, [spec.batch, 4])[lo : lo + b]
         px = color_jitter(spec, px, u, o * o)
     px = tf.reshape(px, [b, 2, o, o, 3])
-    return px[:, 0], px[:, 1]
+    if c == 3:
+        return px[:, 0], px[:, 1]
+    maps = tf.reshape(sample_bilinear(imgs[..., 3:], src_target), [b, o, o, c - 3])  # target grid only
+    return px[:, 0], tf.concat([px[:, 1], maps], -1)
 
 
 def center_crop(spec_or_settings, faces) -> tf.Tensor:
-    """(N, S, S, 3) uint8 -> (N, out, out, 3) float32: the model's view of a face without
+    """(N, S, S, C) uint8 -> (N, out, out, C) float32: the model's view of a face without
     augmentation (evaluate, preview, swap). Same geometry as training batches."""
     spec = spec_or_settings if isinstance(spec_or_settings, BatchSpec) else BatchSpec.from_settings(spec_or_settings)
     faces = tf.convert_to_tensor(faces)
     n, o = tf.shape(faces)[0], spec.out_size
     q = tf.broadcast_to(tf.constant(_output_grid(spec)), [n, o * o, 2])
-    return tf.reshape(sample_bilinear(faces, q), [n, o, o, 3])
+    return tf.reshape(sample_bilinear(faces, q), [n, o, o, faces.shape[-1]])
 
 
 # ----------------------------------------------------------------------------- faces on disk
@@ -297,6 +307,46 @@ def load_faces(folder: Path, size: int, max_pixels: int = 40_000_000) -> tuple[n
     if not out:
         return np.zeros((0, size, size, 3), np.uint8), kept, skipped
     return np.stack(out), kept, skipped
+
+
+def load_maps(folder: Path, files: list[Path], size: int) -> np.ndarray:
+    """(N, size, size, 3) uint8 loss maps (face mask, eyes, mouth: `align.region_maps`) of the
+    faces `files` in the split folder `folder` (data/faces/<side>/train), from the landmarks in
+    the manifest.jsonl next to it: extract's rows ({"crop": file name without .png,
+    "landmarks_crop"}) or synthetic's (the same, with "split", since train and val reuse names). Landmarks are in the pixels of
+    the crop as written; a crop of another size is scaled to `size`, as load_faces scales it."""
+    import json
+
+    from PIL import Image
+
+    from autoswap.align import region_maps
+
+    folder = Path(folder)
+    manifest = folder.parent / "manifest.jsonl"
+    if not manifest.is_file():
+        raise UserError(
+            f"{folder.parent}: no manifest.jsonl with face landmarks (faces from data.aligned: true folders have "
+            "none), which train.loss.mask_outside_weight < 1 and eye/mouth_multiplier > 1 need; set them to 1.0, "
+            "or prepare from photos with data.aligned: false"
+        )
+    marks = {}
+    for line in manifest.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            marks[(row.get("split", folder.name), row["crop"])] = row["landmarks_crop"]
+    out = np.zeros((len(files), size, size, 3), np.uint8)
+    for i, f in enumerate(files):
+        lm = marks.get((folder.name, Path(f).stem))
+        if lm is None:
+            raise UserError(
+                f"{f}: no landmarks for this face in {manifest}; run `dvc repro prepare` again, or remove the file"
+            )
+        with Image.open(f) as im:
+            crop = im.size[0]  # square crops
+        # pixel centres on integers: position p of a `crop` px image is (p + 0.5) * size / crop - 0.5
+        lm = (np.asarray(lm, np.float64) + 0.5) * (size / crop) - 0.5
+        out[i] = region_maps(lm, size)
+    return out
 
 
 def require_faces(folder: Path, size: int, what: str, minimum: int = 1) -> np.ndarray:

@@ -3,6 +3,8 @@
     data/faces/{a,b}/train/*.png   faces of each person (data.face_size square)
     data/faces/{a,b}/val/*.png     held-out faces
     data/faces/{a,b}/val_gt/*.png  synthetic only: each val face rendered as the other person
+    data/faces/{a,b}/manifest.jsonl  the 5 landmarks of each train/val face (not for data.aligned:
+                                   true); train draws the loss's mask and eye/mouth maps from them
     data/faces/contact_sheet.png   a sample of each person's faces
     metrics/prepare.json           counts kept and dropped, per person and reason
 

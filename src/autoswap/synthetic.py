@@ -19,6 +19,7 @@ changing one count leaves every other image as it was, and PNGs carry no timesta
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable
@@ -523,6 +524,24 @@ def landmarks(person: str, cond: Conditions, size: int) -> dict[str, tuple[float
     return out
 
 
+def landmarks5(person: str, cond: Conditions, size: int) -> np.ndarray:
+    """(5, 2) x, y of the drawn face in MTCNN's order and `autoswap.align`'s pixel convention
+    (pixel centres on integers, so 0.5 less than `landmarks`' continuous positions): the pupils,
+    the nose tip and the two mouth corners. Unlike `landmarks`, nose and mouth corners are the
+    person's own (nose height and mouth width differ between the identities)."""
+    ident = IDENTITIES[person]
+    cam = _Camera(cond, size)
+    x, _, upper_in, lower_in, _ = _mouth_curves(ident, cond)
+    pts = [
+        _lift(-EYE_X, EYE_Y, -0.03),  # as `landmarks` and `_draw_eye`
+        _lift(EYE_X, EYE_Y, -0.03),
+        _lift(0.0, ident.nose_y + 0.01, ident.nose_protrusion * 0.95),  # the tip, as `_draw_nose`
+        _lift(x[0], 0.5 * (upper_in[0] + lower_in[0]), 0.02),  # the lip lines meet at the corners
+        _lift(x[-1], 0.5 * (upper_in[-1] + lower_in[-1]), 0.02),
+    ]
+    return cam.project(np.stack(pts)) - 0.5
+
+
 class _Painter:
     """Draws on the colour canvas and, for head parts, on the shading mask too."""
 
@@ -822,8 +841,10 @@ def generate(
 
     Layout: `{a,b}/train/00000.png ...` (unpaired: conditions drawn per person), `{a,b}/val/...` and
     `{a,b}/val_gt/...`, where `a/val_gt/i.png` is `a/val/i.png`'s conditions rendered as B (and
-    `b/val_gt/i.png` is `b/val/i.png` rendered as A). Stale numbered PNGs from a run with larger
-    counts are removed so the tree always matches `cfg`. `progress(n)` is called after each file with
+    `b/val_gt/i.png` is `b/val/i.png` rendered as A), and `{a,b}/manifest.jsonl`: one row per
+    train and val face, {"crop": "00000", "split": ..., "landmarks_crop": 5 points}, as extract
+    writes for real faces (`landmarks5`; training draws its loss maps from them). Stale numbered
+    PNGs from a run with larger counts are removed so the tree always matches `cfg`. `progress(n)` is called after each file with
     the number of files written so far (of `total_images(cfg)`).
     """
     out_dir = Path(out_dir)
@@ -839,10 +860,13 @@ def generate(
             for f in d.iterdir():
                 if _FILENAME.match(f.name) and int(f.name[:5]) >= keep:
                     f.unlink()
+        rows = []
         for split, n in (("train", n_train), ("val", n_val)):
             for i in range(n):
                 cond = image_conditions(cfg, seed, person, split, i)
                 _save_png(render(person, cond, size), dirs[split] / f"{i:05d}.png")
+                lm = [[round(float(v), 4) for v in p] for p in landmarks5(person, cond, size)]
+                rows.append({"crop": f"{i:05d}", "split": split, "landmarks_crop": lm})  # the name, as extract
                 done += 1
                 if progress is not None:
                     progress(done)
@@ -851,6 +875,10 @@ def generate(
                     done += 1
                     if progress is not None:
                         progress(done)
+        # train and val reuse the file names, hence "split" in each row
+        (out_dir / person / "manifest.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8"
+        )
         counts[person] = {"train": n_train, "val": n_val, "val_gt": n_val}
     return counts
 

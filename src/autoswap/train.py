@@ -171,20 +171,29 @@ def make_forward_backward(nets, optimizer, loss_settings, replicas: int = 1):
     """
     import tensorflow as tf
 
-    from autoswap.losses import component_names, make_loss
+    from autoswap.losses import component_names, make_loss, region_weight
 
     encoder, decoder_a, decoder_b = nets
     train_vars = encoder.trainable_variables + decoder_a.trainable_variables + decoder_b.trainable_variables
     loss_fn = make_loss(loss_settings, mae_loss)  # the default (kind mae) is exactly mae_loss
     parts = component_names(loss_settings)  # [] unless a mix
 
-    def forward_backward(wa, ta, wb, tb):  # (b, 64, 64, 3) each
+    def maps(t):
+        """A target (b, 64, 64, 3) alone, or (b, 64, 64, 6) with the loss maps behind it (train
+        loads them only when the loss needs them) -> (RGB target, the loss's keyword arguments)."""
+        if t.shape[-1] == 3:
+            return t, {}
+        weight = region_weight(loss_settings, eyes=t[..., 4:5], mouth=t[..., 5:6])  # None at multipliers 1
+        return t[..., :3], {"mask": t[..., 3:4], "weight": weight}
+
+    def forward_backward(wa, ta, wb, tb):  # warped (b, 64, 64, 3), targets (b, 64, 64, 3 or 6)
         b = wa.shape[0]
+        (ta, kw_a), (tb, kw_b) = maps(ta), maps(tb)
         with tf.GradientTape() as tape:
             z = encoder(tf.concat([wa, wb], 0), training=True)  # (2b, 8, 8, 512): one pass, both people
             ya = decoder_a(z[:b], training=True)  # (b, 64, 64, 3)
             yb = decoder_b(z[b:], training=True)
-            terms_a, terms_b = loss_fn(ta, ya), loss_fn(tb, yb)  # float32 dicts: "total" and each term
+            terms_a, terms_b = loss_fn(ta, ya, **kw_a), loss_fn(tb, yb, **kw_b)  # float32 dicts: "total", each term
             loss_a, loss_b = terms_a["total"] / replicas, terms_b["total"] / replicas
             loss = loss_a + loss_b  # inside the tape, or it has no path to the weights
         grads = tape.gradient(loss, train_vars)
@@ -206,7 +215,7 @@ def make_dataset(spec, faces_a, faces_b, start: int, stop: int):
 
     from autoswap.pipeline import make_batch
 
-    fa = tf.constant(faces_a)  # (Na, S, S, 3) uint8, decoded once
+    fa = tf.constant(faces_a)  # (Na, S, S, 3 or 6) uint8, decoded once
     fb = tf.constant(faces_b)
 
     @tf.autograph.experimental.do_not_convert  # plain TF code; autograph only warns about it
@@ -227,7 +236,8 @@ def train(settings: Settings, metrics_dir: Path = Path("metrics"), plots_dir: Pa
 
     from autoswap import model as M
     from autoswap import tracking
-    from autoswap.pipeline import BatchSpec, load_faces, make_batch, warp_stddev
+    from autoswap.losses import needs_maps
+    from autoswap.pipeline import BatchSpec, load_faces, load_maps, make_batch, warp_stddev
     from autoswap.preview import preview_grid
 
     t = settings.train
@@ -240,6 +250,9 @@ def train(settings: Settings, metrics_dir: Path = Path("metrics"), plots_dir: Pa
                 f"{faces_root / side / 'train'}: {len(faces)} usable face image(s) for person {side.upper()}, "
                 "need at least 2; run `dvc repro prepare` or add images"
             )
+        if needs_maps(t.loss):
+            # mask, eyes, mouth as channels 3-5: make_batch carries them through the augmentation
+            faces = np.concatenate([faces, load_maps(faces_root / side / "train", files, settings.data.face_size)], -1)
         sets[side] = (faces, files)
     val = {s: load_faces(faces_root / s / "val", settings.data.face_size)[0][: settings.preview.faces] for s in "ab"}
 
@@ -274,7 +287,9 @@ def train(settings: Settings, metrics_dir: Path = Path("metrics"), plots_dir: Pa
         models_dir, metrics_dir, plots_dir = scratch / "models", scratch / "metrics", scratch / "plots"
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{scratch / 'mlflow.db'}"
     ckpt_dir = models_dir / "checkpoints"
-    fp = fingerprint(settings, sets["a"][1] + sets["b"][1])
+    # the landmark manifests too when the maps come from them: new landmarks, new maps
+    manifests = [faces_root / side / "manifest.jsonl" for side in "ab"] if needs_maps(t.loss) else []
+    fp = fingerprint(settings, sets["a"][1] + sets["b"][1] + manifests)
     state_file = ckpt_dir / "state.json"
     state = json.loads(state_file.read_text()) if state_file.is_file() else None
     if state and state.get("fingerprint") != fp:
