@@ -261,8 +261,9 @@ def _quiet_tensorflow_start() -> None:
     print(f"autoswap: TensorFlow {tf.__version__} on {where}", flush=True)
 
 
-# the commands that run TensorFlow
-_TF_COMMANDS = {"prepare", "train", "evaluate", "preview", "extract", "swap"}
+# the commands that always run TensorFlow; not prepare: the synthetic renderer and aligned folders
+# need no TensorFlow, and importing it there would cost ~600 MB of memory for nothing
+_TF_COMMANDS = {"train", "evaluate", "preview", "extract", "swap"}
 
 
 def main(argv: list[str] | None = None) -> int:
