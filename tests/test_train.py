@@ -239,3 +239,16 @@ def test_loss_maps_need_landmarks(tmp_path, faces, mlflow_store):
     msg = str(e.value)
     assert "\n" not in msg and str(faces / "a") in msg and "no manifest.jsonl with face landmarks" in msg
     assert "set them to 1.0" in msg
+
+
+def test_loss_jump_flags_a_diverged_run_once_it_leaves_its_best():
+    from autoswap.train import loss_jump
+
+    # the demo at lr 1e-3 with colour augmentation and eye/mouth weights: 0.057 at step 1600, 0.41 at 1700
+    history = [{"loss_a": a, "loss_b": b} for a, b in ((0.16, 0.17), (0.085, 0.094), (0.057, 0.064))]
+    assert loss_jump(history, {"loss_a": 0.06, "loss_b": 0.066}) is None  # noise, not divergence
+    assert loss_jump(history, {"loss_a": 0.16, "loss_b": 0.17}) is None  # 2.8x: not yet
+    msg = loss_jump(history, {"loss_a": 0.4112, "loss_b": 0.25})
+    assert msg is not None and msg.startswith("loss_a jumped to 0.4112, 7.2x its lowest (0.0570)")
+    assert "loss_b" in loss_jump(history, {"loss_a": 0.05, "loss_b": 0.3})
+    assert loss_jump([], {"loss_a": 1.0, "loss_b": 1.0}) is None  # the first log has nothing to compare

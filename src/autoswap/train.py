@@ -140,6 +140,20 @@ class Progress:
             self.bar.close()
 
 
+def loss_jump(history: list[dict], info: dict, factor: float = 4.0) -> str | None:
+    """A warning when a person's logged loss has jumped to `factor` times its lowest so far: the
+    run has diverged (too high a learning rate, typically) without reaching NaN, and training on
+    only wastes time. None otherwise."""
+    for key in ("loss_a", "loss_b"):
+        best = min((r[key] for r in history), default=None)
+        if best is not None and best > 0 and info[key] > factor * best:
+            return (
+                f"{key} jumped to {info[key]:.4f}, {info[key] / best:.1f}x its lowest ({best:.4f}): the run has "
+                "probably diverged; lower train.learning_rate. Earlier checkpoints are in models/checkpoints/"
+            )
+    return None
+
+
 def _write_csv(path: Path, rows: list[dict]) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=LOSS_FIELDS, lineterminator="\n")
@@ -399,6 +413,7 @@ def train(settings: Settings, metrics_dir: Path = Path("metrics"), plots_dir: Pa
     progress = Progress(start, t.steps)
     pending: list = []
     t_window, n_window = time.time(), 0
+    diverged = False
     status = "FAILED"
     try:
         for s, batch in steps_iter:
@@ -432,6 +447,10 @@ def train(settings: Settings, metrics_dir: Path = Path("metrics"), plots_dir: Pa
                     info[f"loss_a.{name}"] = float(losses[:, 1 + i].mean())
                     info[f"loss_b.{name}"] = float(losses[:, cols + 1 + i].mean())
                 t_window, n_window = time.time(), 0
+                if not diverged and (jump := loss_jump(history, info)):
+                    diverged = True  # said once, and kept on the MLflow run for `autoswap compare` / the UI
+                    print(f"autoswap: warning: step {step}: {jump}", file=sys.stderr)
+                    mlflow.set_tag("autoswap.diverged_at_step", step)
                 history.append({"step": step, **{k: info[k] for k in LOSS_FIELDS[1:]}})
                 mlflow.log_metrics(info, step=step)
                 progress.update(step, len(losses), info)
