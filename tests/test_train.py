@@ -1,3 +1,4 @@
+import csv
 import json
 
 import mlflow
@@ -252,3 +253,37 @@ def test_loss_jump_flags_a_diverged_run_once_it_leaves_its_best():
     assert msg is not None and msg.startswith("loss_a jumped to 0.4112, 7.2x its lowest (0.0570)")
     assert "loss_b" in loss_jump(history, {"loss_a": 0.05, "loss_b": 0.3})
     assert loss_jump([], {"loss_a": 1.0, "loss_b": 1.0}) is None  # the first log has nothing to compare
+
+
+def test_gpu_switches_run_on_cpu(tmp_path, faces, mlflow_store):
+    """train.mixed_precision, jit_compile and data_on_device together (the GPU path) train on CPU:
+    bfloat16 compute with float32 weights and a float32 output, finite falling losses, weights that
+    load back as float32, and the Keras policy left as it was."""
+    import keras
+
+    def curve(root):
+        with open(root / "plots" / "loss.csv") as f:
+            return np.array([[float(x["loss_a"]), float(x["loss_b"])] for x in csv.DictReader(f)])
+
+    ref = tmp_path / "float32"
+    run(ref, data={"faces_dir": str(faces)}, train={"steps": 8})
+    s, r = run(tmp_path, data={"faces_dir": str(faces)},
+               train={"mixed_precision": True, "jit_compile": True, "data_on_device": True, "steps": 8})
+    assert keras.mixed_precision.global_policy().name == "float32"
+    # same batches, same initial weights: bfloat16 rounding moves the losses, but slightly (1e-6 here:
+    # the rounding errors of the activations average out in the mean absolute error)
+    low, full = curve(tmp_path), curve(ref)
+    assert low.shape == full.shape and np.isfinite(low).all()
+    assert np.abs(low - full).max() < 0.01 and np.abs(low - full).max() > 0  # it did compute in bfloat16
+    w, meta = weights(tmp_path)
+    assert all(x.dtype == np.float32 and np.isfinite(x).all() for x in w)
+    # the same run's network, rebuilt under the policy, computes in bfloat16 but answers in float32
+    from autoswap.model import build
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        enc, da, _ = build(s.model)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    x = np.zeros((1, s.model.input_size, s.model.input_size, 3), np.float32)
+    assert enc(x).dtype.name == "bfloat16" and da(enc(x)).dtype.name == "float32"

@@ -273,8 +273,6 @@ def train(settings: Settings, metrics_dir: Path = Path("metrics"), plots_dir: Pa
     if t.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(settings.seed)  # weight initialisation
-    if t.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
 
     spec = BatchSpec.from_settings(settings)
     strategy = make_strategy(t.strategy)
@@ -283,7 +281,14 @@ def train(settings: Settings, metrics_dir: Path = Path("metrics"), plots_dir: Pa
         raise UserError(f"params.yaml: train.batch_size {t.batch_size} must divide among {replicas} replicas")
     chief = is_chief(strategy)
     with strategy.scope():
-        encoder, decoder_a, decoder_b = nets = M.build(settings.model)
+        # bfloat16 compute, float32 weights; model.py keeps the output conv in float32. The policy
+        # is Keras-global, so it is set for the build only and does not leak into later models
+        before = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy("mixed_bfloat16" if t.mixed_precision else before)
+        try:
+            encoder, decoder_a, decoder_b = nets = M.build(settings.model)
+        finally:
+            keras.mixed_precision.set_global_policy(before)
         schedule = LRSchedule(t.lr_schedule, t.learning_rate, t.steps)
         optimizer = make_optimizer(t, schedule)
         train_vars = encoder.trainable_variables + decoder_a.trainable_variables + decoder_b.trainable_variables
