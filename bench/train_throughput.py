@@ -140,7 +140,7 @@ def write_faces(root: Path, per_person: int, size: int = 256, seed: int = 0) -> 
 
 
 # ----------------------------------------------------------------------------- our side
-def settings_for(args, jit: bool, bf16: bool):
+def settings_for(args, jit: bool, bf16: bool, mm: bool = False):
     from autoswap.config import Settings
 
     s = Settings()  # defaults: the seed's model (64 px, full widths), batch 16, Adam 5e-5 b1 0.5
@@ -151,6 +151,7 @@ def settings_for(args, jit: bool, bf16: bool):
                     "batch_size": args.batch,
                     "jit_compile": jit,
                     "mixed_precision": bf16,
+                    "conv_as_matmul": mm,
                 }
             )
         }
@@ -173,14 +174,14 @@ class Ours:
         import tensorflow as tf
 
         from autoswap import model as M
-        from autoswap.train import LRSchedule, make_forward_backward, make_optimizer
+        from autoswap.train import LRSchedule, conv_as_matmul, make_forward_backward, make_optimizer
 
         self.name, self.settings = name, settings
         t = settings.train
         keras.utils.set_random_seed(settings.seed)
         keras.mixed_precision.set_global_policy("mixed_bfloat16" if t.mixed_precision else "float32")
         try:
-            self.nets = M.build(settings.model)
+            self.nets = M.build(settings.model, conv_as_matmul(t))
         finally:
             keras.mixed_precision.set_global_policy("float32")
         schedule = LRSchedule(t.lr_schedule, t.learning_rate, t.steps)
@@ -318,23 +319,27 @@ def _layer_and_kind(name: str, op: str) -> tuple[str, str]:
         return layer, "conv backprop-input"
     if "Conv2D" in op:
         return layer, "conv forward (fused bias+leaky_relu)"
-    if "MatMul" in op:
+    if "MatMul" in op and layer in ("encoder/latent", "encoder/expand"):
         return layer, "dense backward" if bwd else "dense forward"
+    if "MatMul" in op:  # a convolution run as a matmul (train.conv_as_matmul)
+        return layer, "conv as matmul, backward" if bwd else "conv as matmul, forward"
     return layer, "other backward" if bwd else "other forward"
 
 
 def profile(args, faces_a, faces_b) -> dict:
-    variants = [("ours", False)] + ([("ours_bf16", True)] if args.mixed_precision else [])
-    return {name: _profile_variant(args, name, bf16, faces_a, faces_b) for name, bf16 in variants}
+    variants = [("ours", False, True)] + ([("ours_bf16", True, True)] if args.mixed_precision else [])
+    if args.direct_conv:
+        variants += [(n + "_directconv", bf16, False) for n, bf16, _ in variants]
+    return {name: _profile_variant(args, name, bf16, mm, faces_a, faces_b) for name, bf16, mm in variants}
 
 
-def _profile_variant(args, name: str, bf16: bool, faces_a, faces_b) -> dict:
+def _profile_variant(args, name: str, bf16: bool, mm: bool, faces_a, faces_b) -> dict:
     import tensorflow as tf
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     from autoswap.train import mae_loss
 
-    s = settings_for(args, False, bf16)
+    s = settings_for(args, False, bf16, mm)
     o = Ours(name, s, faces_a, faces_b)
     _, (wa, ta, wb, tb) = next(o.it)
     enc, da, db = o.nets
@@ -469,6 +474,11 @@ def main() -> None:
     ap.add_argument("--jit", action="store_true", help="also measure the XLA (jit_compile) step")
     ap.add_argument("--mixed-precision", action="store_true", help="also measure mixed_bfloat16")
     ap.add_argument("--no-fp32", action="store_true", help="skip the float32 variant")
+    ap.add_argument(
+        "--direct-conv",
+        action="store_true",
+        help="also measure each variant with train.conv_as_matmul false (oneDNN's direct convolutions)",
+    )
     ap.add_argument("--no-data", action="store_true", help="skip the input-pipeline measurements")
     ap.add_argument("--no-train", action="store_true", help="skip the training measurements")
     ap.add_argument(
@@ -554,16 +564,19 @@ def main() -> None:
             }
 
         variants = []
-        for jit, bf16 in ((j, b) for j in (False, True) for b in (False, True)):
+        for jit, bf16, mm in ((j, b, m) for j in (False, True) for b in (False, True) for m in (True, False)):
             if (jit and not args.jit) or (bf16 and not args.mixed_precision) or (args.no_fp32 and not bf16):
                 continue
-            variants.append(("ours" + ("_jit" if jit else "") + ("_bf16" if bf16 else ""), jit, bf16))
+            if not mm and not args.direct_conv:
+                continue
+            name = "ours" + ("_jit" if jit else "") + ("_bf16" if bf16 else "") + ("" if mm else "_directconv")
+            variants.append((name, jit, bf16, mm))
 
         ours: list[Ours] = []
         if not args.no_train:
-            for name, jit, bf16 in variants:
+            for name, jit, bf16, mm in variants:
                 print(f"building {name} ...", flush=True)
-                o = Ours(name, settings_for(args, jit, bf16), faces_a, faces_b)
+                o = Ours(name, settings_for(args, jit, bf16, mm), faces_a, faces_b)
                 o.warmup(args.warmup)
                 print(
                     f"  {o.n_params:,} parameters; first step {o.compile_s} s; {o.optimizer_class}",

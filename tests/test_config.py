@@ -47,6 +47,7 @@ def test_yaml11_exponent_spellings_are_the_same_float(tmp_path):
         ("model:\n  input_size: 60\n", "model.input_size"),
         ("data:\n  face_size: 100\n", "data.face_size"),
         ("train:\n  warp:\n    schedule: sometimes\n", "train.warp.schedule"),
+        ("train:\n  conv_as_matmul: cpu\n", "train.conv_as_matmul"),
     ],
 )
 def test_bad_values_name_the_key_and_file(tmp_path, text, key):

@@ -48,3 +48,76 @@ def test_pixel_shuffle_is_tf_depth_to_space():
 
     x = np.random.default_rng(0).normal(size=(2, 3, 5, 12)).astype(np.float32)  # (B, H, W, 4C)
     np.testing.assert_array_equal(np.asarray(PixelShuffle()(x)), tf.nn.depth_to_space(x, 2).numpy())
+
+
+@pytest.mark.parametrize(
+    "side, kernel, stride",
+    [(8, 5, 2), (4, 3, 1), (7, 5, 2)],  # the seed's down3 and up_conv; odd side: uneven "same" padding
+)
+@pytest.mark.parametrize("jit", [False, True])
+def test_conv_as_matmul_is_the_convolution(side, kernel, stride, jit):
+    """model.Conv2D(as_matmul=True) gives Conv2D's outputs and gradients (input, kernel, bias)
+    with the same variables, eagerly and under XLA."""
+    import tensorflow as tf
+
+    x = tf.constant(np.random.default_rng(2).normal(size=(3, side, side, 24)).astype(np.float32))
+    convs = [M.Conv2D(40, kernel, strides=stride, padding="same", activation="leaky_relu", as_matmul=m)
+             for m in (False, True)]
+    convs[0].build(x.shape)
+    convs[1].build(x.shape)
+    convs[1].set_weights(convs[0].get_weights())
+    assert [v.path for v in convs[0].weights] == [v.path.replace(convs[1].name, convs[0].name) for v in convs[1].weights]
+    dy = tf.constant(np.random.default_rng(3).normal(size=convs[0].compute_output_shape(x.shape)).astype(np.float32))
+
+    def grads(conv):
+        @tf.function(jit_compile=jit)
+        def f(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = conv(x)
+                loss = tf.reduce_sum(y * dy)
+            return y, tape.gradient(loss, [x, *conv.trainable_variables])
+
+        return f(x)
+
+    (y0, g0), (y1, g1) = grads(convs[0]), grads(convs[1])
+    assert y1.shape == y0.shape == (3, -(-side // stride), -(-side // stride), 40)
+    np.testing.assert_allclose(y1, y0, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g1, g0, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(tf.reduce_max(tf.abs(b))))
+
+
+def test_conv_as_matmul_under_bfloat16():
+    import keras
+    import tensorflow as tf
+
+    x = np.random.default_rng(4).normal(size=(2, 8, 8, 16)).astype(np.float32)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        convs = [M.Conv2D(32, 5, strides=2, padding="same", as_matmul=m) for m in (False, True)]
+        for c in convs:
+            c.build(x.shape)
+        convs[1].set_weights(convs[0].get_weights())
+        y0, y1 = (c(x) for c in convs)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert y1.dtype == y0.dtype == tf.bfloat16
+    assert convs[1].kernel.dtype == "float32"  # weights stay float32
+    np.testing.assert_allclose(np.float32(y1), np.float32(y0), rtol=0.05, atol=0.05)
+
+
+def test_seed_network_as_matmul_shares_the_weights(tmp_path):
+    """build(conv_as_matmul=True) changes only how down3 and up_conv compute, at the seed's
+    widths (not at the demo's, where oneDNN's convolution is faster): weight files load either way."""
+    assert [l.name for n in M.build(ModelSettings(width=0.125), True) for l in n.layers
+            if getattr(l, "as_matmul", False)] == []
+    cfg = ModelSettings()
+    enc_mm, dec_mm, _ = M.build(cfg, conv_as_matmul=True)
+    assert [l.name for l in enc_mm.layers if getattr(l, "as_matmul", False)] == ["down3", "up_conv"]
+    enc_mm.save_weights(tmp_path / "encoder.weights.h5")
+    enc, _, _ = M.build(cfg)
+    enc.load_weights(tmp_path / "encoder.weights.h5")
+    x = np.random.default_rng(5).random((2, 64, 64, 3), dtype=np.float32)
+    z, z_mm = np.asarray(enc(x)), np.asarray(enc_mm(x))
+    assert np.abs(z).max() > 0
+    np.testing.assert_allclose(z_mm, z, rtol=1e-4, atol=1e-4 * np.abs(z).max())

@@ -287,3 +287,38 @@ def test_gpu_switches_run_on_cpu(tmp_path, faces, mlflow_store):
         keras.mixed_precision.set_global_policy("float32")
     x = np.zeros((1, s.model.input_size, s.model.input_size, 3), np.float32)
     assert enc(x).dtype.name == "bfloat16" and da(enc(x)).dtype.name == "float32"
+
+
+def compiled_apply(opt, variables, jit):
+    import tensorflow as tf
+
+    return tf.function(lambda grads: opt.apply_gradients(zip(grads, variables)), jit_compile=jit)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_fused_adam_is_keras_adam(tmp_path, jit):
+    """make_optimizer's Adam (TensorFlow's fused kernel per variable) follows keras' Adam step for
+    step, with a changing learning rate, and keeps keras' variables (checkpoints unchanged)."""
+    import keras
+    import tensorflow as tf
+
+    s = parse(tiny_raw(tmp_path, train={"beta_1": 0.5, "beta_2": 0.99}))
+    rng = np.random.default_rng(0)
+    init = [rng.normal(size=sh).astype(np.float32) for sh in ((3, 3, 8, 16), (16,), (40, 7))]
+    grads = [[tf.constant(rng.normal(size=x.shape).astype(np.float32)) for x in init] for _ in range(5)]
+    lr = keras.optimizers.schedules.ExponentialDecay(1e-2, 1, 0.7)  # a new rate every step
+    runs = []
+    for opt in (T.make_optimizer(s.train, lr), keras.optimizers.Adam(lr, beta_1=0.5, beta_2=0.99)):
+        vs = [keras.Variable(x, name=f"w{j}") for j, x in enumerate(init)]
+        opt.build(vs)
+        apply = compiled_apply(opt, vs, jit)
+        for g in grads:
+            apply(g)
+        runs.append((opt, [v.numpy() for v in vs]))
+    (fused, got), (ref, want) = runs
+    assert type(fused).__name__ == "FusedAdam" and isinstance(fused, keras.optimizers.Adam)
+    assert fused.name == "adam"  # keras names its Adam so (a second one in a process: adam_1)
+    assert [v.path.split("/", 1)[1] for v in fused.variables] == [v.path.split("/", 1)[1] for v in ref.variables]
+    for g, w, x in zip(got, want, init, strict=True):
+        assert np.abs(w - x).max() > 1e-3  # five steps moved the weights
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)

@@ -37,12 +37,63 @@ class PixelShuffle(layers.Layer):
         return (s[0], None if s[1] is None else s[1] * 2, None if s[2] is None else s[2] * 2, s[3] // 4)
 
 
-def _downscale(x, filters: int, name: str):
-    return layers.Conv2D(filters, 5, strides=2, padding="same", activation="leaky_relu", name=name)(x)
+# Which convolutions build(conv_as_matmul=True) runs as matmuls: outputs of at most 4 px a side
+# whose patches (kernel x kernel x input channels) hold at least 4096 values. Measured on a 2-core
+# CPU (bench/results/conv_matmul.json): the matmul takes 0.56-0.63x the direct convolution's time
+# at the seed's widths (patches of 12,800 and 9,216), 0.83-0.97x at half width (6,400 and 4,608),
+# 1.0-1.1x at a quarter and 1.2-1.3x at the demo's eighth, where oneDNN's convolution wins.
+MATMUL_MAX_SIDE = 4
+MATMUL_MIN_PATCH = 4096
 
 
-def _upscale(x, filters: int, name: str):
-    x = layers.Conv2D(filters, 3, padding="same", activation="leaky_relu", name=f"{name}_conv")(x)
+def _as_matmul(enabled: bool, out_side: int, kernel: int, in_channels: int) -> bool:
+    return enabled and out_side <= MATMUL_MAX_SIDE and kernel * kernel * in_channels >= MATMUL_MIN_PATCH
+
+
+class Conv2D(layers.Conv2D):
+    """keras.layers.Conv2D, or with as_matmul=True the same convolution computed as one matmul
+    over the input's patches (im2col). Same weights, same variables, same outputs (to float
+    rounding): a checkpoint or weight file serves either.
+
+    Why: on CPU, oneDNN's direct convolution runs the seed's two 4x4-output convolutions
+    (encoder down3, 8x8 -> 4x4 with 512 -> 1024 channels, and up_conv, 4x4 with 1024 -> 2048)
+    at about half the FLOP rate it reaches on the larger images; as a matmul (forward and both
+    gradients) each takes about 0.6x the time (bench/conv_matmul.py). Not for GPUs: there cuDNN
+    is fast, and the patches' gradient (a segment sum) is not. TensorFlow only, because
+    keras.ops.image.extract_patches is itself a convolution with an identity kernel."""
+
+    def __init__(self, *args, as_matmul: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.as_matmul = as_matmul
+
+    def call(self, x):
+        if not self.as_matmul:
+            return super().call(x)
+        import tensorflow as tf
+
+        (kh, kw), (sh, sw) = self.kernel_size, self.strides
+        # (B, Ho, Wo, kh*kw*C): each patch flattened in the kernel's (kh, kw, C) order, and
+        # padded as the convolution pads ("SAME": the extra row or column at the bottom/right)
+        p = tf.image.extract_patches(x, [1, kh, kw, 1], [1, sh, sw, 1], [1, 1, 1, 1], self.padding.upper())
+        _, ho, wo, n = p.shape
+        y = tf.matmul(tf.reshape(p, (-1, n)), tf.reshape(self.kernel, (n, self.filters)))  # (B*Ho*Wo, F)
+        if self.use_bias:
+            y = y + self.bias
+        y = tf.reshape(y, (-1, ho, wo, self.filters))  # (B, Ho, Wo, F)
+        return self.activation(y) if self.activation is not None else y
+
+    def get_config(self):
+        return super().get_config() | {"as_matmul": self.as_matmul}
+
+
+def _downscale(x, filters: int, name: str, matmul: bool):
+    mm = _as_matmul(matmul, -(-x.shape[1] // 2), 5, x.shape[-1])
+    return Conv2D(filters, 5, strides=2, padding="same", activation="leaky_relu", name=name, as_matmul=mm)(x)
+
+
+def _upscale(x, filters: int, name: str, matmul: bool = False):
+    mm = _as_matmul(matmul, x.shape[1], 3, x.shape[-1])
+    x = Conv2D(filters, 3, padding="same", activation="leaky_relu", name=f"{name}_conv", as_matmul=mm)(x)
     return PixelShuffle(name=f"{name}_shuffle")(x)
 
 
@@ -52,19 +103,19 @@ def latent_shape(cfg: ModelSettings) -> tuple[int, int, int]:
     return side, side, _width(cfg.encoder_filters[-1], cfg.width) * 2 // 4
 
 
-def build_encoder(cfg: ModelSettings) -> keras.Model:
+def build_encoder(cfg: ModelSettings, conv_as_matmul: bool = False) -> keras.Model:
     s, w = cfg.input_size, cfg.width
     inp = keras.Input((s, s, 3), name="face")  # (B, 64, 64, 3)
     x = inp
     for i, f in enumerate(cfg.encoder_filters):
-        x = _downscale(x, _width(f, w), f"down{i}")  # (B, 4, 4, 1024) after the last
+        x = _downscale(x, _width(f, w), f"down{i}", conv_as_matmul)  # (B, 4, 4, 1024) after the last
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(_width(cfg.latent_dim, w), name="latent")(x)  # (B, 1024)
     side = s // 2 ** len(cfg.encoder_filters)
     ch = _width(cfg.encoder_filters[-1], w)
     x = layers.Dense(side * side * ch, name="expand")(x)
     x = layers.Reshape((side, side, ch), name="reshape")(x)  # (B, 4, 4, 1024)
-    x = _upscale(x, 2 * ch, "up")  # (B, 8, 8, 512)
+    x = _upscale(x, 2 * ch, "up", conv_as_matmul)  # (B, 8, 8, 512)
     return keras.Model(inp, x, name="encoder")
 
 
@@ -78,9 +129,10 @@ def build_decoder(cfg: ModelSettings, name: str) -> keras.Model:
     return keras.Model(inp, x, name=name)  # (B, 64, 64, 3)
 
 
-def build(cfg: ModelSettings) -> tuple[keras.Model, keras.Model, keras.Model]:
-    """(encoder, decoder_a, decoder_b)."""
-    return build_encoder(cfg), build_decoder(cfg, "decoder_a"), build_decoder(cfg, "decoder_b")
+def build(cfg: ModelSettings, conv_as_matmul: bool = False) -> tuple[keras.Model, keras.Model, keras.Model]:
+    """(encoder, decoder_a, decoder_b). conv_as_matmul: the convolutions with small outputs and
+    large patches (_as_matmul) run as matmuls (see Conv2D): faster on CPU, same weights."""
+    return build_encoder(cfg, conv_as_matmul), build_decoder(cfg, "decoder_a"), build_decoder(cfg, "decoder_b")
 
 
 # ----------------------------------------------------------------------------- final weights
