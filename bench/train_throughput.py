@@ -238,6 +238,48 @@ def time_our_data(settings, faces_a, faces_b, n_elements: int, warmup: int = 3) 
     return {"img_s": round(n / dt, 1), "cpu_ms_per_img": round(1000 * cpu / n, 3), "foreign_cpu": fc.stop()}
 
 
+# ----------------------------------------------------------------------------- roofline
+def train_gflop_per_image(model_settings) -> float:
+    """GFLOP (2 x multiply-adds) one image costs in a training step: the encoder and its person's
+    decoder, forward plus both gradients (input and weights) of every convolution and dense
+    layer, except the input gradient of the first layer, which nothing needs. The elementwise
+    work (activations, loss, Adam) is left out: it is a few percent."""
+    import keras
+
+    from autoswap import model as M
+
+    enc, dec, _ = M.build(model_settings)
+    total = 0.0
+    for net in (enc, dec):
+        for layer in net.layers:
+            if isinstance(layer, keras.layers.Conv2D):
+                _, h, w, f = layer.output.shape
+                fwd = 2.0 * h * w * f * int(np.prod(layer.kernel.shape[:3]))
+            elif isinstance(layer, keras.layers.Dense):
+                fwd = 2.0 * int(np.prod(layer.kernel.shape))
+            else:
+                continue
+            total += fwd * (2 if (net is enc and layer.name == "down0") else 3)
+    return total / 1e9
+
+
+def matmul_gflop_s(dtype: str, repeats: int = 10) -> float:
+    """This machine's rate on one large matmul, the same shape as the encoder's up_conv run as a
+    matmul ((512 x 9216) @ (9216 x 2048)): what a convolution written as a matmul can reach."""
+    import tensorflow as tf
+
+    a = tf.cast(tf.random.stateless_normal((512, 9216), (0, 1)), dtype)
+    b = tf.cast(tf.random.stateless_normal((9216, 2048), (0, 2)), dtype)
+    f = tf.function(tf.matmul)
+    f(a, b).numpy()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(a, b).numpy()
+        ts.append(time.perf_counter() - t0)
+    return 2 * 512 * 9216 * 2048 / statistics.median(ts) / 1e9
+
+
 # ----------------------------------------------------------------------------- the seed
 # Runs seed_reference.py unchanged, with time.time wrapped so that the two calls its timed loop
 # makes also read the process CPU time (all threads): CPU seconds of exactly the timed part.
@@ -670,6 +712,18 @@ def main() -> None:
                 data["ours"]["cpu_ratio_vs_seed"] = round(
                     data["seed"]["cpu_ms_per_img"] / data["ours"]["cpu_ms_per_img"], 2
                 )
+    if ours:
+        # how close the step is to the machine: FLOPs per second against one big matmul's
+        gflop = train_gflop_per_image(data_settings.model)
+        peak = {"float32": matmul_gflop_s("float32"), "bfloat16": matmul_gflop_s("bfloat16")}
+        info["roofline"] = {
+            "train_gflop_per_image": round(gflop, 2),
+            "matmul_gflop_s": {k: round(v, 1) for k, v in peak.items()},
+        }
+        for o in ours:
+            e = train[o.name]
+            e["gflop_s"] = round(e["img_s"] * gflop, 1)
+            e["of_matmul_rate"] = round(e["gflop_s"] / peak["bfloat16" if "bf16" in o.name else "float32"], 2)
     info["loadavg_end"] = loadavg()
     info |= {"train": train, "data": data, "targets_vs_seed": TARGETS}
     out = args.out or RESULTS / "train_throughput.json"
@@ -700,6 +754,13 @@ def main() -> None:
                 f"{'' if cpu is None else f'{cpu:.1f} ms':>9s} {'' if cratio is None else f'{cratio:.2f}x':>8s} "
                 f"{f'{statistics.median(fg):.2f}' if fg else '':>8s}"
             )
+    if "roofline" in info:
+        r = info["roofline"]
+        print(
+            f"a training image costs {r['train_gflop_per_image']} GFLOP; one large matmul runs at "
+            f"{r['matmul_gflop_s']['float32']} GFLOP/s (float32), {r['matmul_gflop_s']['bfloat16']} (bfloat16): "
+            + ", ".join(f"{n} {train[n]['gflop_s']} GFLOP/s ({train[n]['of_matmul_rate']:.0%})" for n in train if n != "seed")
+        )
     print(
         "img/s: wall clock, medians; CPU/img: process CPU time (all threads) per image, less sensitive to "
         "neighbours;\nforeign: median share of the machine's CPU used by other processes while measuring"
