@@ -40,7 +40,7 @@ class PixelShuffle(layers.Layer):
 # Which convolutions build(conv_as_matmul=True) runs as matmuls: outputs of at most 4 px a side
 # whose patches (kernel x kernel x input channels) hold at least 4096 values. Measured on a 2-core
 # CPU (bench/results/conv_matmul.json): the matmul takes 0.56-0.63x the direct convolution's time
-# at the seed's widths (patches of 12,800 and 9,216), 0.83-0.97x at half width (6,400 and 4,608),
+# at the seed's widths (patches of 12,800 and 9,216), 0.83-0.86x at half width (6,400 and 4,608),
 # 1.0-1.1x at a quarter and 1.2-1.3x at the demo's eighth, where oneDNN's convolution wins.
 MATMUL_MAX_SIDE = 4
 MATMUL_MIN_PATCH = 4096
