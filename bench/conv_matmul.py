@@ -48,14 +48,13 @@ def main() -> None:
         for name, side, cin, filters, k, stride in LAYERS:
             cin, filters = int(cin * width), int(filters * width)
             x = tf.constant(np.random.default_rng(0).normal(size=(args.batch, side, side, cin)).astype(np.float32))
-            steps, outs = [], []
+            steps, outs, convs = [], [], []
             for as_matmul in (False, True):
                 conv = Conv2D(filters, k, strides=stride, padding="same", activation="leaky_relu", as_matmul=as_matmul)
                 conv.build(x.shape)
-                if steps:
-                    conv.set_weights(first.get_weights())
-                else:
-                    first = conv
+                if convs:
+                    conv.set_weights(convs[0].get_weights())  # the same weights for both
+                convs.append(conv)
 
                 @tf.function
                 def step(x, conv=conv):

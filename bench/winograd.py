@@ -90,7 +90,7 @@ def main() -> None:
                 [t.numpy() for t in step(x, g)]
                 times[key].append(time.perf_counter() - t0)
         med = {key: statistics.median(t) * 1e3 for key, t in times.items()}
-        rel = max(float(np.abs(a - b).max() / np.abs(a).max()) for a, b in zip(outs["direct"], outs["winograd"]))
+        rel = max(float(np.abs(a - b).max() / np.abs(a).max()) for a, b in zip(outs["direct"], outs["winograd"], strict=True))
         row = {
             "layer": name,
             "shape": f"{b}x{side}x{side}x{c} -> {k}",

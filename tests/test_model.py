@@ -109,11 +109,11 @@ def test_conv_as_matmul_under_bfloat16():
 def test_seed_network_as_matmul_shares_the_weights(tmp_path):
     """build(conv_as_matmul=True) changes only how down3 and up_conv compute, at the seed's
     widths (not at the demo's, where oneDNN's convolution is faster): weight files load either way."""
-    assert [l.name for n in M.build(ModelSettings(width=0.125), True) for l in n.layers
-            if getattr(l, "as_matmul", False)] == []
+    assert [layer.name for n in M.build(ModelSettings(width=0.125), True) for layer in n.layers
+            if getattr(layer, "as_matmul", False)] == []
     cfg = ModelSettings()
     enc_mm, dec_mm, _ = M.build(cfg, conv_as_matmul=True)
-    assert [l.name for l in enc_mm.layers if getattr(l, "as_matmul", False)] == ["down3", "up_conv"]
+    assert [layer.name for layer in enc_mm.layers if getattr(layer, "as_matmul", False)] == ["down3", "up_conv"]
     enc_mm.save_weights(tmp_path / "encoder.weights.h5")
     enc, _, _ = M.build(cfg)
     enc.load_weights(tmp_path / "encoder.weights.h5")

@@ -292,7 +292,7 @@ def test_gpu_switches_run_on_cpu(tmp_path, faces, mlflow_store):
 def compiled_apply(opt, variables, jit):
     import tensorflow as tf
 
-    return tf.function(lambda grads: opt.apply_gradients(zip(grads, variables)), jit_compile=jit)
+    return tf.function(lambda grads: opt.apply_gradients(zip(grads, variables, strict=True)), jit_compile=jit)
 
 
 @pytest.mark.parametrize("jit", [False, True])
