@@ -453,6 +453,13 @@ def train(settings: Settings, metrics_dir: Path = Path("metrics"), plots_dir: Pa
             grid = preview_grid(nets, spec, val["a"], val["b"])
             mlflow.log_image(grid, artifact_file=f"previews/step_{step:06d}.png")
 
+    # Grappler's remapper fails on the train step's graph (it fuses a Conv2D + BiasAdd + LeakyRelu
+    # whose BiasAdd the LeakyReluGrad still reads), prints "E0000 ... remapper failed" into the
+    # user's log, and keeps the graph unchanged. Off for training, nothing changes but that line:
+    # the same losses bit for bit and the same step time (measured at the seed's size).
+    # Restored after the loop.
+    remapping = tf.config.optimizer.get_experimental_options().get("remapping", True)
+    tf.config.optimizer.set_experimental_options({"remapping": False})
     progress = Progress(start, t.steps)
     pending: list = []
     t_window, n_window = time.time(), 0
@@ -507,6 +514,7 @@ def train(settings: Settings, metrics_dir: Path = Path("metrics"), plots_dir: Pa
         raise
     finally:
         progress.close()
+        tf.config.optimizer.set_experimental_options({"remapping": remapping})
         if status != "FINISHED":
             mlflow.end_run(status=status)
 
