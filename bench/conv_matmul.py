@@ -32,6 +32,28 @@ LAYERS = [("down3", 8, 512, 1024, 5, 2), ("up_conv", 4, 1024, 2048, 3, 1)]
 WIDTHS = [0.125, 0.25, 0.5, 1.0]
 
 
+def alternate_ms(fns: list, inputs: tuple, repeats: int) -> list[float]:
+    """Median ms of each of `fns` (functions returning tensors) on `inputs`, called in turn
+    `repeats` times: a change in the machine's load hits them all alike."""
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            [t.numpy() for t in fn(*inputs)]  # waits for the results
+            times[i].append(time.perf_counter() - t0)
+    return [statistics.median(t) * 1e3 for t in times]
+
+
+def max_rel_difference(ref: list, other: list) -> float:
+    return max(float(np.abs(a - b).max() / np.abs(a).max()) for a, b in zip(ref, other, strict=True))
+
+
+def write_results(out: Path, info: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(info, indent=2) + "\n")
+    print(f"written {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=15, help="timed calls of each variant")
@@ -66,14 +88,8 @@ def main() -> None:
 
                 outs.append([t.numpy() for t in step(x)])  # also the warm-up (tracing)
                 steps.append(step)
-            times: list[list[float]] = [[], []]
-            for _ in range(args.repeats):
-                for i, step in enumerate(steps):  # alternate: a change in load hits both
-                    t0 = time.perf_counter()
-                    [t.numpy() for t in step(x)]
-                    times[i].append(time.perf_counter() - t0)
-            direct, matmul = (statistics.median(t) * 1e3 for t in times)
-            rel = max(float(np.abs(a - b).max() / np.abs(a).max()) for a, b in zip(*outs, strict=True))
+            direct, matmul = alternate_ms(steps, (x,), args.repeats)
+            rel = max_rel_difference(*outs)
             ho = -(-side // stride)
             gflop = 3 * 2 * args.batch * ho * ho * k * k * cin * filters / 1e9  # forward + 2 gradients
             row = {
@@ -103,9 +119,7 @@ def main() -> None:
         "what": "median ms of one compiled forward + backward (input, kernel, bias gradients), float32",
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(info, indent=2) + "\n")
-    print(f"written {args.out}")
+    write_results(args.out, info)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,11 @@ not use it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
+from conv_matmul import alternate_ms, max_rel_difference, write_results  # bench/ is on sys.path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -83,14 +81,9 @@ def main() -> None:
 
             outs[key] = [t.numpy() for t in step(x, g)]
             steps[key] = step
-        times = {key: [] for key in steps}
-        for _ in range(args.repeats):
-            for key, step in steps.items():
-                t0 = time.perf_counter()
-                [t.numpy() for t in step(x, g)]
-                times[key].append(time.perf_counter() - t0)
-        med = {key: statistics.median(t) * 1e3 for key, t in times.items()}
-        rel = max(float(np.abs(a - b).max() / np.abs(a).max()) for a, b in zip(outs["direct"], outs["winograd"], strict=True))
+        ms = alternate_ms(list(steps.values()), (x, g), args.repeats)
+        med = dict(zip(steps, ms, strict=True))
+        rel = max_rel_difference(outs["direct"], outs["winograd"])
         row = {
             "layer": name,
             "shape": f"{b}x{side}x{side}x{c} -> {k}",
@@ -111,9 +104,7 @@ def main() -> None:
         "what": "median ms of one compiled forward + backward (input and kernel gradients), float32",
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(info, indent=2) + "\n")
-    print(f"written {args.out}")
+    write_results(args.out, info)
 
 
 if __name__ == "__main__":
