@@ -48,6 +48,10 @@ def test_yaml11_exponent_spellings_are_the_same_float(tmp_path):
         ("data:\n  face_size: 100\n", "data.face_size"),
         ("train:\n  warp:\n    schedule: sometimes\n", "train.warp.schedule"),
         ("train:\n  conv_as_matmul: cpu\n", "train.conv_as_matmul"),
+        ("extract:\n  rotate: [90, 45]\n", "extract.rotate"),
+        ("extract:\n  rotate: 45\n", "extract.rotate"),
+        ("extract:\n  rotate: [90.0]\n", "extract.rotate"),
+        ("extract:\n  rotate: sideways\n", "extract.rotate"),
     ],
 )
 def test_bad_values_name_the_key_and_file(tmp_path, text, key):
@@ -73,6 +77,20 @@ def test_settings_are_frozen_and_ignore_environment(tmp_path, monkeypatch):
     assert s.seed == 1
     with pytest.raises(ValidationError):
         s.seed = 2  # type: ignore[misc]
+
+
+def test_extract_rotate_angles(tmp_path):
+    def rotate(value: str) -> tuple[int, ...]:
+        return config.load(write(tmp_path, f"extract:\n  rotate: {value}\n")).extract.rotate
+
+    assert config.Settings().extract.rotate == (90, 180, 270)
+    assert rotate("[]") == rotate("false") == ()
+    assert rotate("true") == (90, 180, 270)
+    # taken modulo 360; 0 (the upright search) and repeats dropped; the order kept
+    assert rotate("[270, -90, 0, 360, 90, 540]") == (270, 90, 180)
+    with pytest.raises(ConfigError) as e:
+        rotate("[45]")
+    assert str(e.value).count("\n") == 0 and "extract.rotate" in str(e.value) and "multiples of 90" in str(e.value)
 
 
 def test_off_after_needs_a_step(tmp_path):

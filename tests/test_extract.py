@@ -41,8 +41,11 @@ from autoswap.extract import (
     detect,
     detect_near,
     extract_to_dir,
+    find_faces,
     iter_video_frames,
     select_faces,
+    turn,
+    turn_back,
 )
 from autoswap.images import load_rgb
 from autoswap.video import BadVideo
@@ -281,6 +284,137 @@ def test_keep_largest_central_all_and_thresholds(hopper, astronaut):
         "low_confidence",)
     assert select_faces(faces, canvas.shape, CFG.model_copy(update={"min_face_size": 1000})) == ([], "too_small")
     assert select_faces([], canvas.shape, CFG) == ([], "no_face")
+
+
+# ----------------------------------------------------------------------------- turned photos
+def _turned_points(p: np.ndarray, k: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Where the (x, y) pixels of an image of `shape` land in np.rot90(image, k)."""
+    h, w = shape[:2]
+    x, y = p[:, 0], p[:, 1]
+    return {1: np.stack([y, w - 1 - x], 1), 2: np.stack([w - 1 - x, h - 1 - y], 1),
+            3: np.stack([h - 1 - y, x], 1)}[k]
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_turn_back_maps_turned_pixels_onto_the_photo(k, hopper):
+    turned = np.rot90(hopper, k)
+    assert np.array_equal(turn(hopper, 90 * k), turned) and turn(hopper, 90 * k).flags.c_contiguous
+    assert np.array_equal(turn(turned, 360 - 90 * k), hopper)
+    rng = np.random.default_rng(k)
+    pts = np.stack([rng.integers(0, hopper.shape[1], 50), rng.integers(0, hopper.shape[0], 50)], 1)
+    at = _turned_points(pts.astype(float), k, hopper.shape).astype(int)
+    assert np.array_equal(turned[at[:, 1], at[:, 0]], hopper[pts[:, 1], pts[:, 0]])  # the test's own map
+    # a face found in the turned image (box and 5 points) comes back onto the photo
+    lm = pts[:5].astype(float)
+    box = np.array([10.0, 20.0, 110.0, 140.0])
+    corners = _turned_points(box.reshape(2, 2), k, hopper.shape)
+    found = Face(box=np.concatenate([corners.min(0), corners.max(0)]), confidence=0.99,
+                 landmarks=_turned_points(lm, k, hopper.shape))
+    (back,) = turn_back([found], 90 * k, hopper.shape)
+    np.testing.assert_allclose(back.landmarks, lm, atol=1e-9)
+    np.testing.assert_allclose(back.box, box, atol=1e-9)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_turned_photo_is_found_turned_back_and_aligned_upright(k, hopper, hopper_face):
+    face, affine = hopper_face
+    turned = np.ascontiguousarray(np.rot90(hopper, k))  # turned counter-clockwise by 90k degrees
+    # MTCNN finds nothing at all in Grace Hopper turned by 90, 180 or 270 degrees
+    assert detect(turned, CFG) == []
+    assert find_faces(turned, CFG.model_copy(update={"rotate": ()})) == ([], "no_face", 0)
+    faces, reason, angle = find_faces(turned, CFG)
+    assert reason is None and angle == 360 - 90 * k and len(faces) == 1  # the turn that undoes it
+    # box and landmarks in the turned photo's pixels, where the upright face's landed
+    expected = _turned_points(face.landmarks, k, hopper.shape)
+    assert np.linalg.norm(faces[0].landmarks - expected, axis=1).max() < 1.0
+    corners = _turned_points(face.box.reshape(2, 2), k, hopper.shape)
+    np.testing.assert_allclose(faces[0].box, np.concatenate([corners.min(0), corners.max(0)]), atol=1.0)
+    assert faces[0].confidence == pytest.approx(face.confidence, abs=1e-3)
+    # aligned from the turned pixels, the crop is the upright one
+    crop, affine_t = align(turned, faces[0].landmarks, SIZE)
+    upright, _ = align(hopper, face.landmarks, SIZE)
+    assert np.abs(crop.astype(int) - upright).mean() < 2.0
+    np.testing.assert_allclose(apply_affine(affine_t, expected), apply_affine(affine, face.landmarks), atol=1.0)
+
+
+def test_the_most_confident_turn_wins(astronaut):
+    face = detect(astronaut, CFG)[0]
+    turned = np.ascontiguousarray(np.rot90(astronaut, 1))
+    # MTCNN keeps a face upside down too (0.97 against 0.999 at the right turn, 270)
+    assert max(f.confidence for f in detect(turn(turned, 180), CFG)) >= CFG.min_confidence
+    faces, reason, angle = find_faces(turned, CFG)
+    assert angle == 270 and reason is None
+    expected = _turned_points(face.landmarks, 1, astronaut.shape)
+    assert np.linalg.norm(faces[0].landmarks - expected, axis=1).max() < 1.0
+
+
+def test_turned_photos_in_the_manifest_and_report(hopper, tmp_path, monkeypatch):
+    import autoswap.extract as ex
+    from autoswap.config import parse
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for k in range(4):
+        Image.fromarray(np.ascontiguousarray(np.rot90(hopper, k))).save(raw / f"ccw{90 * k}.png")
+    calls = []
+    real = ex.detect
+    monkeypatch.setattr(ex, "detect", lambda image, cfg: calls.append(image.shape) or real(image, cfg))
+    # params.yaml's extract.rotate reaches the extractor through Settings
+    off = parse({"extract": {"rotate": []}}).extract
+    report = extract_to_dir([raw], tmp_path / "off", off, SIZE, progress=False)
+    assert report["kept"] == 1 and report["rotated"] == {}
+    assert sorted(Path(p).name for p in report["dropped"]["no_face"]) == ["ccw180.png", "ccw270.png", "ccw90.png"]
+    assert len(calls) == 4  # one search per photo
+
+    calls.clear()
+    on = parse({"extract": {"rotate": [90, 180, 270]}}).extract
+    report = extract_to_dir([raw], tmp_path / "on", on, SIZE, progress=False)
+    assert report["kept"] == 4 and not any(report["dropped"].values())
+    assert {a: [Path(p).name for p in v] for a, v in report["rotated"].items()} == {
+        "90": ["ccw270.png"], "180": ["ccw180.png"], "270": ["ccw90.png"]}
+    # the upright photo is searched once, each turned one upright and then at all 3 turns
+    assert len(calls) == 1 + 3 * (1 + 3)
+    rows = {r["source"].rsplit("/", 1)[1]: r for r in _rows(tmp_path / "on")}
+    assert {n: r["rotation"] for n, r in rows.items()} == {"ccw0.png": 0, "ccw90.png": 270, "ccw180.png": 180,
+                                                           "ccw270.png": 90}
+    crops = {n: np.asarray(Image.open(tmp_path / "on" / f"{r['crop']}.png")).astype(int) for n, r in rows.items()}
+    for n, r in rows.items():
+        k = int(n[3:-4]) // 90
+        assert r["source_size"] == list(np.rot90(hopper, k).shape[1::-1])
+        assert np.abs(crops[n] - crops["ccw0.png"]).mean() < 2.0
+        # the affine maps the photo's own pixels (as stored, turned) onto the upright crop
+        src = np.array(r["landmarks_source"])
+        np.testing.assert_allclose(apply_affine(np.array(r["affine"]), src), r["landmarks_crop"], atol=1e-3)
+        np.testing.assert_allclose(r["landmarks_crop"], rows["ccw0.png"]["landmarks_crop"], atol=1.0)
+        if k:
+            up = np.array(rows["ccw0.png"]["landmarks_source"])
+            assert np.abs(src - _turned_points(up, k, hopper.shape)).max() < 1.0
+
+
+def test_turned_video_keeps_the_turn_that_found_the_face(hopper, tmp_path, monkeypatch):
+    import autoswap.extract as ex
+
+    # a sideways clip with no rotation metadata: 4 frames turned counter-clockwise by 90 degrees
+    small = cv2.resize(hopper, (320, 376), interpolation=cv2.INTER_AREA)
+    path = tmp_path / "sideways.mp4"
+    _encode(path, [np.ascontiguousarray(np.rot90(small, 1))] * 4)
+    calls = {"detect": 0, "detect_near": 0}
+    for name in calls:
+        real = getattr(ex, name)
+        monkeypatch.setattr(ex, name, lambda *a, _n=name, _r=real: calls.__setitem__(_n, calls[_n] + 1) or _r(*a))
+    report = extract_to_dir([path], tmp_path / "out", CFG.model_copy(update={"every_nth_frame": 1}), SIZE,
+                            progress=False)
+    assert report["kept"] == 4 and [i.rsplit(":", 1)[1] for i in report["rotated"]["270"]] == ["0", "1", "2", "3"]
+    # first frame: upright, then 90, 180, 270 (found); then tracked at 270, never searched upright again
+    assert calls == {"detect": 4, "detect_near": 3}
+    rows = _rows(tmp_path / "out")
+    assert [r["rotation"] for r in rows] == [270] * 4
+    face = detect(small, CFG)[0]
+    expected = _turned_points(face.landmarks, 1, small.shape)
+    assert np.abs(np.array(rows[0]["landmarks_source"]) - expected).max() < 3.0  # through the codec
+    first = np.asarray(Image.open(tmp_path / "out" / f"{rows[0]['crop']}.png")).astype(int)
+    upright, _ = align(small, face.landmarks, SIZE)
+    assert np.abs(first - upright).mean() < 0.5 * np.abs(first - upright[::-1, ::-1]).mean()
 
 
 # ----------------------------------------------------------------------------- video

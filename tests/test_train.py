@@ -322,3 +322,124 @@ def test_fused_adam_is_keras_adam(tmp_path, jit):
     for g, w, x in zip(got, want, init, strict=True):
         assert np.abs(w - x).max() > 1e-3  # five steps moved the weights
         np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- divergence
+def nan_at(monkeypatch, first: int, last: int | None = None):
+    """mae_loss returns NaN for the training steps first..last (1-based, inclusive; None = for good),
+    counted in calls, so a rollback that replays those steps does not meet the NaN again."""
+    import tensorflow as tf
+
+    calls = tf.Variable(0, dtype=tf.int64, trainable=False)  # two calls a step: person A, person B
+    lo, hi = 2 * first - 1, 2 * (last if last is not None else 10**9)
+
+    def loss(t, y):
+        c = calls.assign_add(1)
+        poison = tf.where((c >= lo) & (c <= hi), float("nan"), 1.0)
+        return tf.reduce_mean(tf.abs(tf.cast(t, tf.float32) - tf.cast(y, tf.float32))) * poison
+
+    monkeypatch.setattr(T, "mae_loss", loss)
+
+
+DIVERGE = {"steps": 8, "log_every": 1, "save_every": 3, "preview_every": 8, "backup_every": 100}
+
+
+def test_divergence_rolls_back_to_the_last_checkpoint_and_trains_on_bit_identically(
+    tmp_path, faces, mlflow_store, monkeypatch, capsys
+):
+    results = []
+    for name in ("first", "rerun"):
+        nan_at(monkeypatch, 5, 5)  # step 5 is NaN once; the last good checkpoint is step 3's
+        root = tmp_path / name
+        _, r = run(root, data={"faces_dir": str(faces)}, train=DIVERGE)
+        results.append((root, r))
+    err = capsys.readouterr().err
+    assert "step 5: loss became nan; rolled back to step 3 with the learning rate x0.5 (now 0.0005)" in err
+    (a, ra), (b, rb) = results
+    assert ra == rb and np.isfinite(ra["loss_a"])
+    wa, meta = weights(a)
+    wb, _ = weights(b)
+    for x, y in zip(wa, wb, strict=True):
+        np.testing.assert_array_equal(x, y)  # the rollback is as deterministic as the rest
+    # one curve: steps 4 and 5 were trained again, and the history has each step once
+    rows = list(csv.DictReader((a / "plots" / "loss.csv").open()))
+    assert [int(r["step"]) for r in rows] == list(range(1, 9))
+    assert [float(r["learning_rate"]) for r in rows] == pytest.approx([1e-3] * 3 + [5e-4] * 5)
+    run_ = mlflow.MlflowClient().get_run(meta["mlflow_run_id"])
+    assert run_.info.status == "FINISHED"
+    assert run_.data.tags["autoswap.diverged_at_step"] == "5"
+    assert run_.data.tags["autoswap.rollback.1"].startswith("step 5 -> 3: loss became nan")
+    assert run_.data.metrics["rollbacks"] == 1
+
+
+def test_divergence_before_the_first_checkpoint_rolls_back_to_the_start(tmp_path, faces, mlflow_store, monkeypatch):
+    nan_at(monkeypatch, 2, 2)
+    _, r = run(tmp_path, data={"faces_dir": str(faces)}, train=DIVERGE)
+    rows = list(csv.DictReader((tmp_path / "plots" / "loss.csv").open()))
+    assert [int(r["step"]) for r in rows] == list(range(1, 9))
+    assert float(rows[0]["learning_rate"]) == pytest.approx(5e-4)  # step 1 retrained at the lower rate
+    assert np.isfinite(r["loss_a"])
+
+
+def test_rollbacks_are_capped_then_training_stops(tmp_path, faces, mlflow_store, monkeypatch):
+    nan_at(monkeypatch, 5)  # NaN from step 5 on, for good: every rollback meets it again
+    with pytest.raises(UserError, match=r"loss became nan by step \d; lower train.learning_rate .* after 2 rollback"):
+        run(tmp_path, data={"faces_dir": str(faces)}, train={**DIVERGE, "max_rollbacks": 2})
+    state = json.loads((tmp_path / "models" / "checkpoints" / "state.json").read_text())
+    run_ = mlflow.MlflowClient().get_run(state["run_id"])
+    assert run_.info.status == "FAILED"
+    assert {"autoswap.rollback.1", "autoswap.rollback.2", "autoswap.stopped"} <= set(run_.data.tags)
+    assert not (tmp_path / "models" / "final").exists()  # no weights from after the divergence
+
+
+def test_stop_mode_keeps_the_last_good_checkpoint_and_a_rerun_resumes_from_it(
+    tmp_path, faces, mlflow_store, monkeypatch, capsys
+):
+    nan_at(monkeypatch, 5)
+    with pytest.raises(UserError, match="loss became nan by step 5; .*stopped \\(train.on_divergence stop\\)"):
+        run(tmp_path, data={"faces_dir": str(faces)}, train={**DIVERGE, "on_divergence": "stop"})
+    ck = tmp_path / "models" / "checkpoints"
+    assert sorted(p.name.split(".")[0] for p in ck.glob("ckpt-*.index")) == ["ckpt-3"]
+    assert not (tmp_path / "models" / "final").exists()
+    state = json.loads((ck / "state.json").read_text())
+    assert mlflow.MlflowClient().get_run(state["run_id"]).data.tags["autoswap.stopped"] == "diverged at step 5"
+    # the cause gone (a lower rate, in real life), the rerun goes on from step 3 in the same run
+    monkeypatch.setattr(T, "mae_loss", _plain_mae)
+    capsys.readouterr()
+    _, r = run(tmp_path, data={"faces_dir": str(faces)}, train={**DIVERGE, "on_divergence": "stop"})
+    assert "resuming from" in capsys.readouterr().out
+    _, meta = weights(tmp_path)
+    assert meta["mlflow_run_id"] == state["run_id"] and np.isfinite(r["loss_a"])
+
+
+def _plain_mae(t, y):
+    import tensorflow as tf
+
+    return tf.reduce_mean(tf.abs(tf.cast(t, tf.float32) - tf.cast(y, tf.float32)))
+
+
+def test_warn_mode_never_writes_a_diverged_final_model(tmp_path, faces, mlflow_store, monkeypatch):
+    import tensorflow as tf
+
+    calls = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+    def blown_up(t, y):  # a finite loss that jumps 100x from step 4 on: a collapse without NaN
+        c = calls.assign_add(1)
+        return _plain_mae(t, y) * tf.where(c >= 7, 100.0, 1.0)
+
+    monkeypatch.setattr(T, "mae_loss", blown_up)
+    with pytest.raises(UserError, match="training ended diverged .*models/final not written"):
+        run(tmp_path, data={"faces_dir": str(faces)}, train={**DIVERGE, "on_divergence": "warn"})
+    assert not (tmp_path / "models" / "final").exists()
+
+
+def test_clip_grad_norm_caps_the_gradient_before_adam(tmp_path):
+    import tensorflow as tf
+
+    s = parse(tiny_raw(tmp_path, train={"clip_grad_norm": 1.0, "beta_1": 0.5}))
+    v = tf.Variable(tf.zeros([4]))
+    opt = T.make_optimizer(s.train, 1e-3)
+    opt.build([v])
+    opt.apply_gradients([(tf.constant([30.0, 40.0, 0.0, 0.0]), v)])  # norm 50
+    m = opt._momentums[0].numpy()
+    np.testing.assert_allclose(m, 0.5 * np.array([0.6, 0.8, 0.0, 0.0]), rtol=1e-6)  # (1 - beta_1) x the clipped gradient

@@ -61,6 +61,9 @@ def cmd_extract(args):
     for reason, items in r["dropped"].items():
         for item in items:
             print(f"  dropped ({reason}): {item}")
+    for angle, items in r.get("rotated", {}).items():
+        for item in items:
+            print(f"  found turned by {angle} degrees: {item}")
 
 
 # `autoswap swap` flags -> swap.* keys; a flag left out keeps params.yaml's value

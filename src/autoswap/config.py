@@ -79,6 +79,24 @@ class ExtractSettings(_Section):
     # whole frame only where the face is lost or every full_search_every searched frames
     track: bool = True
     full_search_every: int = Field(10, ge=1, description="searched frames between whole-frame searches")
+    # photos where no face is kept upright are searched again turned counter-clockwise by each
+    # angle (faceswap's rotate option); the turn with the most confident face wins. [] = off
+    rotate: tuple[int, ...] = Field((90, 180, 270), description="degrees, multiples of 90")
+
+    @field_validator("rotate", mode="before")
+    @classmethod
+    def _angles(cls, v: Any) -> Any:
+        # true / false for all / none; angles are taken modulo 360, 0 (the upright search) and
+        # repeats dropped; one message for every bad value
+        if isinstance(v, bool):
+            return (90, 180, 270) if v else ()
+        if isinstance(v, int):
+            v = [v]
+        ok = isinstance(v, list | tuple) and all(isinstance(a, int) and not isinstance(a, bool) and a % 90 == 0
+                                                 for a in v)
+        if not ok:
+            raise ValueError("use angles that are multiples of 90, such as [90, 180, 270], or [] for off")
+        return tuple(dict.fromkeys(a % 360 for a in v if a % 360))
 
 
 # ----------------------------------------------------------------------------- model
@@ -216,6 +234,18 @@ class TrainSettings(_Section):
     # the seed's two 4x4-output convolutions (1024 and 2048 filters) computed as matmuls
     # (model.Conv2D): same weights, 1.16x the training speed on CPU. auto: on without a GPU
     conv_as_matmul: bool | Literal["auto"] = "auto"
+    # Gradient-norm clipping (DeepFaceLab's clipgrad): the global norm of each step's gradient is
+    # capped here before Adam. A collapse starts with a gradient spike that Adam turns into a huge
+    # step (docs/EXPERIMENTS.md, "Why training collapsed"); null = off, as in the seed.
+    clip_grad_norm: float | None = Field(None, gt=0)
+    # A diverged run: a loss that is NaN/Inf, or a logged loss above divergence_factor x its lowest.
+    # rollback: restore the last good checkpoint and go on at rollback_lr_factor x the learning
+    # rate, at most max_rollbacks times, then stop; stop: stop at once; warn: warn and go on.
+    # Either way models/final never holds weights from after an unrecovered divergence.
+    on_divergence: Literal["rollback", "stop", "warn"] = "rollback"
+    divergence_factor: float = Field(4.0, gt=1, le=100)
+    rollback_lr_factor: float = Field(0.5, gt=0, lt=1)
+    max_rollbacks: int = Field(3, ge=0, le=100)
 
     @field_validator("learning_rate", "beta_1", "beta_2", mode="before")
     @classmethod
@@ -238,6 +268,11 @@ class TrainSettings(_Section):
 
 class EvaluateSettings(_Section):
     batch_size: int = Field(32, ge=1)
+    identity_faces: int = Field(
+        64, ge=0, le=10_000,
+        description="training faces per person whose mean dlib descriptor is that person's identity "
+        "centroid (id_transfer, landmark_shift; about 0.075 s a face on a CPU core); 0 = identity scores off",
+    )
 
 
 class PreviewSettings(_Section):

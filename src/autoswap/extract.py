@@ -4,7 +4,11 @@
 Per image or sampled video frame: MTCNN finds faces and their 5 landmarks (searching a copy
 shrunk to `extract.detect_size` on its longest side, results mapped back to full resolution);
 faces below `extract.min_confidence` or smaller than `extract.min_face_size` are set aside;
-`extract.keep` picks the largest, the most central, or all of the rest. Each kept face is warped
+`extract.keep` picks the largest, the most central, or all of the rest. Where none is kept, the
+photo is searched again turned counter-clockwise by each of `extract.rotate` (90, 180, 270), and
+the turn with the most confident kept face wins (in a video, until a face is found: its turn is
+then used for the rest of the video); the faces are mapped back onto the photo as it is, so the
+alignment below turns them upright. Each kept face is warped
 onto the template (autoswap.align) at `data.face_size`, gets a landmark mask, a blur score
 (variance of the Laplacian inside the mask) and a perceptual hash; blurry faces and
 near-duplicates of an already kept face are dropped when those filters are on.
@@ -48,7 +52,7 @@ from autoswap.video import VIDEO_SUFFIXES, BadVideo, VideoFrame, iter_video_fram
 __all__ = [
     "TEMPLATE", "DROP_REASONS", "Face", "detect", "detect_near", "select_faces", "align", "face_mask", "apply_affine",
     "invert_affine", "template_points", "umeyama", "iter_video_frames", "VideoFrame", "BadVideo",
-    "list_media", "extract_to_dir", "MANIFEST",
+    "list_media", "extract_to_dir", "MANIFEST", "find_faces", "turn", "turn_back",
 ]
 
 MANIFEST = "manifest.jsonl"
@@ -229,6 +233,70 @@ def select_faces(faces: list[Face], image_shape: tuple[int, ...], cfg: ExtractSe
     return [min(good, key=lambda f: float(np.linalg.norm(f.centre - centre)))], None
 
 
+# ----------------------------------------------------------------------------- turned photos
+def turn(image: np.ndarray, angle: int) -> np.ndarray:
+    """`image` turned counter-clockwise by `angle` degrees (a multiple of 90), C-contiguous."""
+    k = angle // 90 % 4
+    return image if k == 0 else np.ascontiguousarray(np.rot90(image, k))
+
+
+def turn_back(faces: list[Face], angle: int, shape: tuple[int, ...]) -> list[Face]:
+    """Faces found in `turn(image, angle)` -> the pixel coordinates of `image` (shape
+    `shape`). Landmarks keep their order (the face's own left eye stays first), so aligning
+    them onto the template turns the face upright."""
+    k = angle // 90 % 4
+    if k == 0:
+        return list(faces)
+    h, w = shape[:2]
+
+    def back(p: np.ndarray) -> np.ndarray:  # (n, 2) x, y of the turned image; pixel centres exact
+        x, y = p[:, 0], p[:, 1]
+        if k == 1:
+            return np.stack([w - 1 - y, x], axis=1)
+        if k == 2:
+            return np.stack([w - 1 - x, h - 1 - y], axis=1)
+        return np.stack([y, h - 1 - x], axis=1)
+
+    out = []
+    for f in faces:
+        corners = back(np.asarray(f.box, dtype=np.float64).reshape(2, 2))
+        box = np.concatenate([corners.min(axis=0), corners.max(axis=0)])
+        out.append(Face(box=box, confidence=f.confidence, landmarks=back(np.asarray(f.landmarks, np.float64))))
+    return out
+
+
+def _best_turn(image: np.ndarray, cfg: ExtractSettings, angles: Iterable[int]) -> tuple[list[Face], int]:
+    """The faces kept (`select_faces`) in `image` turned by each of `angles`: those of the turn
+    whose kept face has the highest confidence (the earlier turn on a tie), in that turned
+    image's coordinates, and that angle; ([], 0) when no turn keeps any. Every turn is searched,
+    not just up to the first that keeps a face: MTCNN does find faces upside down or lying on
+    their side now and then (grace_hopper.jpg as a JPEG at quality 30, upside down: 0.965; the
+    astronaut turned clockwise: 0.973), with lower confidence than at the right turn."""
+    best: tuple[list[Face], int] = ([], 0)
+    top = -1.0
+    for angle in angles:
+        view = turn(image, angle)
+        kept, _ = select_faces(detect(view, cfg), view.shape, cfg)
+        if kept and max(f.confidence for f in kept) > top:
+            best, top = (kept, angle), max(f.confidence for f in kept)
+    return best
+
+
+def find_faces(image_rgb: np.ndarray, cfg: ExtractSettings) -> tuple[list[Face], str | None, int]:
+    """`detect` + `select_faces` on a photo; where nothing is kept, the same on the photo turned
+    counter-clockwise by each of cfg.rotate, keeping the turn with the most confident face.
+    Returns (kept faces in the photo's own pixel coordinates, None or the upright search's
+    reason for keeping none, the angle that found them: 0 = upright). Costs nothing extra where
+    a face is kept upright."""
+    faces, reason = select_faces(detect(image_rgb, cfg), image_rgb.shape, cfg)
+    if faces:
+        return faces, None, 0
+    kept, angle = _best_turn(image_rgb, cfg, cfg.rotate)
+    if kept:
+        return turn_back(kept, angle, image_rgb.shape), None, angle
+    return [], reason, 0
+
+
 # ----------------------------------------------------------------------------- inputs
 def _hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
@@ -320,28 +388,40 @@ class _Hashes:
 class _Tracker:
     """Finds the faces of each photo or frame: in a video (keep=largest/central, extract.track)
     it searches only around the face kept in the previous searched frame, falling back to the
-    whole frame when that finds nothing usable and every extract.full_search_every searches."""
+    whole frame when that finds nothing usable and every extract.full_search_every searches.
+    Where the whole-frame search keeps nothing, the frame is searched turned by each of
+    extract.rotate (see `find_faces`); in a video only until a face is found, after which every
+    frame of that video is searched at the turn that found it (a video does not turn midway)."""
 
     def __init__(self, cfg: ExtractSettings) -> None:
         self.cfg = cfg
         self.source: Path | None = None
-        self.face: Face | None = None
+        self.face: Face | None = None  # in the coordinates of the frame turned by self.angle
         self.since_full = 0
+        self.angle = 0  # the turn searched first in this source
+        self.settled = False  # a face was found in this video: keep self.angle, try no other
 
-    def find(self, rgb: np.ndarray, source: Path, is_video: bool) -> tuple[list[Face], str | None]:
+    def find(self, rgb: np.ndarray, source: Path, is_video: bool) -> tuple[list[Face], str | None, int]:
+        """(kept faces in `rgb` pixel coordinates, the reason when none, the turn that found them)."""
         cfg = self.cfg
         tracking = is_video and cfg.track and cfg.keep != "all"
+        if source != self.source:
+            self.source, self.face, self.angle, self.settled = source, None, 0, False
+        view = turn(rgb, self.angle)
         faces, reason = [], None
-        if (tracking and self.face is not None and source == self.source
-                and self.since_full < cfg.full_search_every):
-            faces, reason = select_faces(detect_near(rgb, self.face.box, cfg), rgb.shape, cfg)
+        if tracking and self.face is not None and self.since_full < cfg.full_search_every:
+            faces, reason = select_faces(detect_near(view, self.face.box, cfg), view.shape, cfg)
             self.since_full += 1
         if not faces:
-            faces, reason = select_faces(detect(rgb, cfg), rgb.shape, cfg)
+            faces, reason = select_faces(detect(view, cfg), view.shape, cfg)
             self.since_full = 0
-        self.source = source
+        if not faces and not self.settled:
+            faces, angle = _best_turn(rgb, cfg, cfg.rotate)
+            if faces:
+                self.angle, reason = angle, None
+        self.settled = is_video and (self.settled or bool(faces))
         self.face = faces[0] if tracking and faces else None
-        return faces, reason
+        return turn_back(faces, self.angle, rgb.shape), reason, self.angle if faces else 0
 
 
 def _floats(a: np.ndarray, nd: int = 4) -> list:
@@ -418,15 +498,17 @@ def extract_to_dir(inputs: list[Path], out_dir: Path, cfg: ExtractSettings, face
     run in out_dir are replaced; nothing outside out_dir is written and inputs are only read.
 
     Returns {"files", "images", "videos", "frames", "kept", "dropped": {reason: ["path[:frame]",
-    ...]} for every reason in DROP_REASONS, "errors": {"path[:frame]": why}}. Photos and frames
-    with no usable face are listed once under no_face / low_confidence / too_small; blurry and
-    duplicate are per face. Raises UserError when no face at all is kept (unless allow_empty)."""
+    ...]} for every reason in DROP_REASONS, "errors": {"path[:frame]": why}, "rotated": {"90":
+    ["path[:frame]", ...]} for every angle in cfg.rotate: where the faces were found only with the
+    photo or frame turned counter-clockwise by that angle}. Photos and frames with no usable face
+    are listed once under no_face / low_confidence / too_small; blurry and duplicate are per face. Raises UserError when no face at all is kept (unless allow_empty)."""
     from PIL import Image
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
     dropped: dict[str, list[str]] = {r: [] for r in DROP_REASONS}
     errors: dict[str, str] = {}
+    rotated: dict[str, list[str]] = {str(a): [] for a in cfg.rotate}
     files = _gather(inputs, out_dir, dropped)
     names = _names(files)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -450,9 +532,11 @@ def extract_to_dir(inputs: list[Path], out_dir: Path, cfg: ExtractSettings, face
                     if last_video != path:
                         counts["videos"] += 1
                         last_video = path
-                faces, reason = tracker.find(rgb, path, is_video=time_s is not None)
+                faces, reason, angle = tracker.find(rgb, path, is_video=time_s is not None)
                 if reason:
                     dropped[reason].append(item)
+                if angle:
+                    rotated[str(angle)].append(item)
                 for k, face in enumerate(faces):
                     crop, affine = align(rgb, face.landmarks, face_size)
                     lm_crop = apply_affine(affine, face.landmarks)
@@ -470,22 +554,25 @@ def extract_to_dir(inputs: list[Path], out_dir: Path, cfg: ExtractSettings, face
                     Image.fromarray(crop).save(out_dir / f"{name}.png")
                     Image.fromarray(mask).save(out_dir / MASKS / f"{name}.png")
                     manifest.write(json.dumps(_row(name, path, frame, time_s, k, rgb.shape, face,
-                                                   affine, lm_crop, blur, h)) + "\n")
+                                                   affine, lm_crop, blur, h, angle)) + "\n")
                     kept += 1
             bar.set_postfix(kept=kept)
     tmp.replace(out_dir / MANIFEST)
 
-    report = {"files": len(files), **counts, "kept": kept, "dropped": dropped, "errors": errors}
+    report = {"files": len(files), **counts, "kept": kept, "dropped": dropped, "errors": errors,
+              "rotated": rotated}
     if kept == 0 and not allow_empty:
         raise UserError(_nothing_usable(inputs, report))
     return report
 
 
 def _row(name: str, path: Path, frame: int, time_s: float | None, k: int, shape: tuple[int, ...],
-         face: Face, affine: np.ndarray, lm_crop: np.ndarray, blur: float, h: int) -> dict:
+         face: Face, affine: np.ndarray, lm_crop: np.ndarray, blur: float, h: int, rotation: int = 0) -> dict:
     """One manifest row. `affine` maps source pixel coordinates (of the upright, full-resolution
     photo or frame, `source_size` = [width, height]) to crop pixel coordinates; invert it to paste
-    the crop back. Pixel centres sit on integer coordinates."""
+    the crop back. Pixel centres sit on integer coordinates. `rotation`: 0, or the angle
+    (extract.rotate, counter-clockwise) the photo or frame was turned by to find the face; box,
+    landmarks and affine are in the pixels of the photo or frame as loaded all the same."""
     return {
         "crop": name,
         "source": path.as_posix(),
@@ -501,6 +588,7 @@ def _row(name: str, path: Path, frame: int, time_s: float | None, k: int, shape:
         "confidence": round(face.confidence, 6),
         "blur": round(blur, 3),
         "phash": f"{h:016x}",
+        "rotation": int(rotation),
     }
 
 

@@ -127,6 +127,8 @@ def _extracted_folder(settings: Settings, side: str, src: Path, dst: Path) -> di
         (pool / "manifest.jsonl").replace(dst / "manifest.jsonl")
     shutil.rmtree(pool, ignore_errors=True)
     dropped = report.get("dropped", {})
+    # photos and frames whose faces were found only turned by extract.rotate, per angle
+    rotated = report.get("rotated", {})
     return {
         "files": report.get("files", 0),
         "kept": len(crops),
@@ -134,6 +136,8 @@ def _extracted_folder(settings: Settings, side: str, src: Path, dst: Path) -> di
         "val": len(val),
         "dropped": {k: len(v) for k, v in dropped.items()},
         "dropped_files": dropped,
+        "rotated": {k: len(v) for k, v in rotated.items()},
+        "rotated_files": rotated,
     }
 
 

@@ -47,9 +47,10 @@ def fingerprint(settings: Settings, data_files: list[Path]) -> str:
 
 class LRSchedule:
     """constant, cosine (to min_ratio at the last step) or step (x gamma every step_every), with
-    optional linear warm-up. A keras LearningRateSchedule so the optimizer evaluates it in-graph."""
+    optional linear warm-up, times `scale` (a variable: rollbacks lower it). A keras
+    LearningRateSchedule so the optimizer evaluates it in-graph."""
 
-    def __new__(cls, cfg, base_lr: float, steps: int):
+    def __new__(cls, cfg, base_lr: float, steps: int, scale=None):
         import keras
         import tensorflow as tf
 
@@ -65,6 +66,8 @@ class LRSchedule:
                     lr = lr * tf.pow(cfg.step_gamma, tf.floor(step / cfg.step_every))
                 if cfg.warmup_steps:
                     lr = lr * tf.minimum(1.0, (step + 1) / cfg.warmup_steps)
+                if scale is not None:  # lowered by each rollback after a divergence
+                    lr = lr * tf.cast(scale, tf.float32)
                 return lr
 
             def get_config(self):
@@ -135,22 +138,26 @@ class Progress:
                 flush=True,
             )
 
+    def rewind(self, step: int):
+        """Back to `step` after a rollback."""
+        self.start, self.t0 = step, time.time()
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.refresh()
+
     def close(self):
         if self.bar is not None:
             self.bar.close()
 
 
 def loss_jump(history: list[dict], info: dict, factor: float = 4.0) -> str | None:
-    """A warning when a person's logged loss has jumped to `factor` times its lowest so far: the
-    run has diverged (too high a learning rate, typically) without reaching NaN, and training on
-    only wastes time. None otherwise."""
+    """Why the run has diverged, when a person's logged loss has jumped to `factor` times its
+    lowest so far (too high a learning rate, typically, without reaching NaN: the sigmoid output
+    saturates and its gradient vanishes, so the run never comes back). None otherwise."""
     for key in ("loss_a", "loss_b"):
         best = min((r[key] for r in history), default=None)
         if best is not None and best > 0 and info[key] > factor * best:
-            return (
-                f"{key} jumped to {info[key]:.4f}, {info[key] / best:.1f}x its lowest ({best:.4f}): the run has "
-                "probably diverged; lower train.learning_rate. Earlier checkpoints are in models/checkpoints/"
-            )
+            return f"{key} jumped to {info[key]:.4f}, {info[key] / best:.1f}x its lowest ({best:.4f})"
     return None
 
 
@@ -211,7 +218,9 @@ def make_optimizer(t, schedule):
             )
 
     # named as keras names its Adam: the same variable paths (and checkpoints) as before
-    return FusedAdam(learning_rate=schedule, beta_1=t.beta_1, beta_2=t.beta_2, name="adam")
+    return FusedAdam(
+        learning_rate=schedule, beta_1=t.beta_1, beta_2=t.beta_2, global_clipnorm=t.clip_grad_norm, name="adam"
+    )
 
 
 def make_forward_backward(nets, optimizer, loss_settings, replicas: int = 1):
@@ -327,7 +336,10 @@ def train(settings: Settings, metrics_dir: Path = Path("metrics"), plots_dir: Pa
             encoder, decoder_a, decoder_b = nets = M.build(settings.model, conv_as_matmul(t))
         finally:
             keras.mixed_precision.set_global_policy(before)
-        schedule = LRSchedule(t.lr_schedule, t.learning_rate, t.steps)
+        # rollbacks after a divergence lower the rate: kept in the checkpoint, so a resumed run goes on as it was
+        lr_scale = tf.Variable(1.0, dtype=tf.float32, trainable=False, name="lr_scale")
+        rollbacks = tf.Variable(0, dtype=tf.int64, trainable=False, name="rollbacks")
+        schedule = LRSchedule(t.lr_schedule, t.learning_rate, t.steps, scale=lr_scale)
         optimizer = make_optimizer(t, schedule)
         train_vars = encoder.trainable_variables + decoder_a.trainable_variables + decoder_b.trainable_variables
         optimizer.build(train_vars)
@@ -357,22 +369,27 @@ def train(settings: Settings, metrics_dir: Path = Path("metrics"), plots_dir: Pa
         state = None
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     ckpt = tf.train.Checkpoint(
-        encoder=encoder, decoder_a=decoder_a, decoder_b=decoder_b, optimizer=optimizer, step=step_var
+        encoder=encoder, decoder_a=decoder_a, decoder_b=decoder_b, optimizer=optimizer, step=step_var,
+        lr_scale=lr_scale, rollbacks=rollbacks,
     )
     manager = tf.train.CheckpointManager(ckpt, ckpt_dir, max_to_keep=t.keep_last)
     backups = tf.train.CheckpointManager(ckpt, ckpt_dir / "backups", max_to_keep=None, checkpoint_name="backup")
     history_file = ckpt_dir / "history.csv"
     history: list[dict] = []
-    if state and manager.checkpoints:
+    def restore_latest() -> str | None:
         # newest first; a checkpoint that will not load (cut off, corrupted on disk) falls back
         # to the one before it, with a warning, rather than losing the whole run
         for path in reversed(manager.checkpoints):
             try:
                 ckpt.restore(path).assert_existing_objects_matched()
-                break
+                return path
             except Exception as e:  # noqa: BLE001 - TF raises OpError, IndexError, ValueError... for bad files
                 print(f"autoswap: warning: checkpoint {path} is unreadable ({type(e).__name__}); trying the one before")
                 step_var.assign(0)
+        return None
+
+    if state and manager.checkpoints:
+        path = restore_latest()
         if int(step_var.numpy()):
             history = [r for r in _read_csv(history_file) if r["step"] <= int(step_var.numpy())]
             print(f"autoswap: resuming from {path} at step {int(step_var.numpy())}")
@@ -409,7 +426,9 @@ def train(settings: Settings, metrics_dir: Path = Path("metrics"), plots_dir: Pa
 
     if not on_device:
         train_step = tf.function(forward_backward, jit_compile=t.jit_compile)
-        steps_iter = make_dataset(spec, sets["a"][0], sets["b"][0], start, t.steps)
+
+        def steps_from(first: int):
+            return make_dataset(spec, sets["a"][0], sets["b"][0], first, t.steps)
     else:
         # the decoded faces, copied once to every replica's device and kept there for the run
         # (constants, not variables: collectives cannot broadcast uint8 variables)
@@ -431,7 +450,9 @@ def train(settings: Settings, metrics_dir: Path = Path("metrics"), plots_dir: Pa
         # XLA compiles the whole step (augment, warp, forward, backward, Adam) on one device;
         # under a multi-replica strategy the collectives stay outside XLA
         train_step = tf.function(distributed_step, jit_compile=t.jit_compile and replicas == 1)
-        steps_iter = ((tf.constant(s, tf.int64), ()) for s in range(start, t.steps))
+
+        def steps_from(first: int):
+            return ((tf.constant(s, tf.int64), ()) for s in range(first, t.steps))
 
     def save(step: int):
         # TF writes checkpoint shards under temporary names and only then rewrites the
@@ -460,54 +481,109 @@ def train(settings: Settings, metrics_dir: Path = Path("metrics"), plots_dir: Pa
     # Restored after the loop.
     remapping = tf.config.optimizer.get_experimental_options().get("remapping", True)
     tf.config.optimizer.set_experimental_options({"remapping": False})
+    # The state a rollback returns to when no checkpoint has been saved yet: the start (weights,
+    # Adam's moments, step), copied once. Rollbacks to a saved checkpoint restore it from disk.
+    tracked = [v for net in nets for v in net.weights] + list(optimizer.variables) + [step_var]
+    initial = [v.numpy() for v in tracked] if start == 0 and t.on_divergence == "rollback" else None
+
+    def diverge(step: int, why: str, finite: bool) -> int | None:
+        """A divergence found at `step`: the step to go on from after a rollback, None to go on
+        (warn). Raises UserError to stop, leaving the last good checkpoint as it is."""
+        mlflow.set_tag("autoswap.diverged_at_step", step)
+        n = int(rollbacks.numpy())
+        if t.on_divergence == "warn" and finite:
+            return None
+        if t.on_divergence != "rollback" or n >= t.max_rollbacks:
+            after = f" after {n} rollback(s)" if t.on_divergence == "rollback" else ""
+            mlflow.set_tag("autoswap.stopped", f"diverged at step {step}{after}")
+            raise UserError(
+                f"{why} by step {step}; lower train.learning_rate ({t.learning_rate}) or set "
+                f"train.clip_grad_norm; stopped{after} (train.on_divergence {t.on_divergence}), "
+                f"last good checkpoint kept in {ckpt_dir}"
+            )
+        scale = float(lr_scale.numpy()) * t.rollback_lr_factor
+        path = restore_latest()
+        if path is None:  # nothing saved yet: back to the start
+            for v, x in zip(tracked, initial, strict=True):
+                v.assign(x)
+        lr_scale.assign(scale)
+        rollbacks.assign(n + 1)
+        back = int(step_var.numpy())
+        history[:] = [r for r in history if r["step"] <= back]
+        lr = float(schedule(back))
+        print(
+            f"autoswap: warning: step {step}: {why}; rolled back to step {back} with the learning rate "
+            f"x{t.rollback_lr_factor} (now {lr:.3g}), rollback {n + 1} of {t.max_rollbacks}",
+            file=sys.stderr, flush=True,
+        )
+        mlflow.set_tag(f"autoswap.rollback.{n + 1}", f"step {step} -> {back}: {why}; lr now {lr:.3g}")
+        mlflow.log_metric("rollbacks", n + 1, step=step)
+        return back
+
     progress = Progress(start, t.steps)
     pending: list = []
     t_window, n_window = time.time(), 0
-    diverged = False
+    warned = False
     status = "FAILED"
-    try:
-        for s, batch in steps_iter:
-            step_var.assign(s)
-            pending.append(train_step(*batch) if batch else train_step(s))
-            n_window += 1
-            step = int(s) + 1  # steps done
-            step_var.assign(step)
-            last = step == t.steps
-            if step % t.log_every == 0 or step % t.save_every == 0 or last:
-                from autoswap.losses import component_names
+    from autoswap.losses import component_names
 
-                parts = component_names(t.loss)  # per person: total, then these terms
-                cols = 1 + len(parts)
-                losses = np.array([[float(v) for x in p for v in np.ravel(np.asarray(x))] for p in pending])  # (n, 2 cols)
-                pending.clear()
-                if not np.isfinite(losses).all():
-                    raise UserError(
-                        f"loss became {losses[~np.isfinite(losses)][0]} by step {step}; lower "
-                        f"train.learning_rate ({t.learning_rate}); last good checkpoint kept in {ckpt_dir}"
-                    )
-                dt = time.time() - t_window
-                info = {
-                    "loss_a": float(losses[:, 0].mean()),
-                    "loss_b": float(losses[:, cols].mean()),
-                    "learning_rate": float(schedule(step - 1)),
-                    "warp_stddev": float(warp_stddev(spec, step - 1)),
-                    "images_per_s": 2 * t.batch_size * n_window / max(dt, 1e-9),
-                }
-                for i, name in enumerate(parts):  # loss_a.dssim, ...: each term unweighted, as MLflow metrics
-                    info[f"loss_a.{name}"] = float(losses[:, 1 + i].mean())
-                    info[f"loss_b.{name}"] = float(losses[:, cols + 1 + i].mean())
-                t_window, n_window = time.time(), 0
-                if not diverged and (jump := loss_jump(history, info)):
-                    diverged = True  # said once, and kept on the MLflow run for `autoswap compare` / the UI
-                    print(f"autoswap: warning: step {step}: {jump}", file=sys.stderr)
-                    mlflow.set_tag("autoswap.diverged_at_step", step)
-                history.append({"step": step, **{k: info[k] for k in LOSS_FIELDS[1:]}})
-                mlflow.log_metrics(info, step=step)
-                progress.update(step, len(losses), info)
-            if step % t.save_every == 0 or last:
-                save(step)
-            if step % t.preview_every == 0 or last:
-                log_preview(step)
+    parts = component_names(t.loss)  # per person: total, then these terms
+    cols = 1 + len(parts)
+    try:
+        first = start
+        while first is not None:  # once, and again from the restored step after each rollback
+            steps_iter, first = steps_from(first), None
+            for s, batch in steps_iter:
+                step_var.assign(s)
+                pending.append(train_step(*batch) if batch else train_step(s))
+                n_window += 1
+                step = int(s) + 1  # steps done
+                step_var.assign(step)
+                last = step == t.steps
+                if step % t.log_every == 0 or step % t.save_every == 0 or last:
+                    losses = np.array([[float(v) for x in p for v in np.ravel(np.asarray(x))] for p in pending])  # (n, 2 cols)
+                    pending.clear()
+                    dt = time.time() - t_window
+                    info = {
+                        "loss_a": float(losses[:, 0].mean()),
+                        "loss_b": float(losses[:, cols].mean()),
+                        "learning_rate": float(schedule(step - 1)),
+                        "warp_stddev": float(warp_stddev(spec, step - 1)),
+                        "images_per_s": 2 * t.batch_size * n_window / max(dt, 1e-9),
+                    }
+                    for i, name in enumerate(parts):  # loss_a.dssim, ...: each term unweighted, as MLflow metrics
+                        info[f"loss_a.{name}"] = float(losses[:, 1 + i].mean())
+                        info[f"loss_b.{name}"] = float(losses[:, cols + 1 + i].mean())
+                    t_window, n_window = time.time(), 0
+                    # checked before the save below, so a checkpoint never holds a diverged state
+                    finite = bool(np.isfinite(losses).all())
+                    if not finite:
+                        why = f"loss became {losses[~np.isfinite(losses)][0]}"
+                    else:
+                        why = loss_jump(history, info, t.divergence_factor)
+                    if why:
+                        first = diverge(step, why, finite)
+                        if first is not None:
+                            progress.rewind(first)
+                            break
+                        if not warned:  # warn: said once, and kept on the MLflow run for `autoswap compare`
+                            warned = True
+                            print(f"autoswap: warning: step {step}: {why}: the run has probably diverged; lower "
+                                  f"train.learning_rate. Earlier checkpoints are in {ckpt_dir}", file=sys.stderr)
+                    history.append({"step": step, **{k: info[k] for k in LOSS_FIELDS[1:]}})
+                    mlflow.log_metrics(info, step=step)
+                    progress.update(step, len(losses), info)
+                if step % t.save_every == 0 or last:
+                    save(step)
+                if step % t.preview_every == 0 or last:
+                    log_preview(step)
+        if history and (why := loss_jump(history[:-1], history[-1], t.divergence_factor)):
+            # warn mode, still diverged at the end: those weights are no model
+            mlflow.set_tag("autoswap.stopped", f"ended diverged at step {history[-1]['step']}")
+            raise UserError(
+                f"training ended diverged ({why}); models/final not written. Lower train.learning_rate "
+                f"or use train.on_divergence rollback; earlier checkpoints are in {ckpt_dir}"
+            )
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
