@@ -28,7 +28,8 @@ def two_runs(mlflow_store):
         "bright-owl", "exp-slow",
         {"train.learning_rate": "5e-05", "train.warp.schedule": "constant", "train.steps": "30", "model.width": "0.125"},
         [(0.30, 0.31), (0.25, 0.26), (0.21, 0.22)],
-        {"eval.a.swap_mae": 0.111, "eval.b.swap_mae": 0.122, "eval.a.recon_mae": 0.05, "eval.b.recon_mae": 0.06},
+        {"eval.a.swap_mae": 0.111, "eval.b.swap_mae": 0.122, "eval.a.recon_mae": 0.05, "eval.b.recon_mae": 0.06,
+         "eval.a.id_transfer": 0.75, "eval.b.id_transfer": 0.5},
     )
     fast = make_run(
         "quiet-elk", None,
@@ -55,8 +56,12 @@ def test_compare_lists_runs_with_params_and_metrics_and_writes_png(two_runs, tmp
     lines = r["table"].splitlines()
     assert lines[0].split()[:4] == ["run", "id", "dvc", "exp"] and len(lines) == 4
     slow_line = next(line for line in lines if "exp-slow" in line)
-    for cell in ("bright-owl", slow[:8], "5e-05", "constant", "0.2100", "0.1110", "0.1220"):
+    for cell in ("bright-owl", slow[:8], "5e-05", "constant", "0.2100", "0.1110", "0.1220", "0.7500", "0.5000"):
         assert cell in slow_line
+    head = lines[0].split()
+    assert head.index("swap_mae_b") < head.index("id_transfer_a") < head.index("id_transfer_b")
+    assert rows[slow]["metrics"]["id_transfer_a"] == pytest.approx(0.75)
+    assert "id_transfer_a" not in rows[fast]["metrics"]
     fast_line = next(line for line in lines if "quiet-elk" in line)
     for cell in ("0.0005", "off_after", "ssim", "0.0900"):
         assert cell in fast_line

@@ -64,3 +64,62 @@ def test_no_baseline_without_training_faces(data):
     faces = {s: sets[s]["faces"] for s in "ab"}
     m = evaluate_faces(_nets(ident, ident, ident), spec, faces, {s: sets[s]["gt"] for s in "ab"}, batch=4)
     assert "mean_face_swap_mae" not in m["a"] and "swap_mae" in m["a"]
+
+
+ID_KEYS = {
+    f"{p}{k}" for p in ("", "input_", "recon_") for k in ("id_transfer", "id_dist_target", "id_dist_source")
+} | {"landmark_shift", "recon_landmark_shift"}
+
+
+@pytest.fixture(scope="module")
+def train_faces():
+    s = parse(TINY, "test")
+    return {x: np.stack([render(x, image_conditions(s.data.synthetic, s.seed, x, "train", i), 64) for i in range(8)])
+            for x in "ab"}
+
+
+def _perfect_swapper(spec, sets, y):
+    """Decoder Y of a perfect swap (encoder = pass-through): each of X's faces becomes its ground
+    truth counterpart (X's pose, expression and light rendered as Y); any other input is copied."""
+    x = "a" if y == "b" else "b"
+    src, dst = (np.asarray(center_crop(spec, sets[x][k])) for k in ("faces", "gt"))
+
+    def dec(v, training=False):
+        v = np.asarray(v)
+        out = v.copy()
+        for i, row in enumerate(v):
+            j = np.flatnonzero(np.abs(src - row).max(axis=(1, 2, 3)) < 1e-6)
+            if len(j):
+                out[i] = dst[j[0]]
+        return out
+
+    return dec
+
+
+def test_identity_scores_of_a_perfect_and_a_pass_through_swap(data, train_faces):
+    spec, sets = data
+    ident = lambda x, training=False: x  # noqa: E731
+    faces = {s: sets[s]["faces"] for s in "ab"}
+    gts = {s: sets[s]["gt"] for s in "ab"}
+    nets = _nets(ident, _perfect_swapper(spec, sets, "a"), _perfect_swapper(spec, sets, "b"))
+    plain = evaluate_faces(nets, spec, faces, gts, batch=4, train_faces=train_faces)
+    m = evaluate_faces(nets, spec, faces, gts, batch=4, train_faces=train_faces, identity_faces=8)
+    still = evaluate_faces(_nets(ident, ident, ident), spec, faces, gts, batch=4, train_faces=train_faces,
+                           identity_faces=8)
+    for s in "ab":
+        assert not ID_KEYS & set(plain[s])  # identity_faces=0: off, and the other keys unchanged
+        assert set(m[s]) == set(plain[s]) | ID_KEYS
+        assert {k: m[s][k] for k in plain[s]} == plain[s]
+        assert m[s]["swap_mae"] == 0  # the swapper really returns the counterparts
+        for k in ID_KEYS:
+            assert 0 <= m[s][k] <= (1 if "transfer" in k or "shift" in k else 2), (s, k, m[s][k])
+        # the input and its copy (the reconstruction) stay X; the perfect swap reads as Y
+        assert m[s]["input_id_transfer"] == m[s]["recon_id_transfer"] == 0
+        assert m[s]["input_id_dist_source"] < 0.6 < m[s]["input_id_dist_target"]
+        assert m[s]["id_transfer"] >= 0.5 and m[s]["id_dist_target"] < m[s]["input_id_dist_target"]  # measured 1.0
+        assert m[s]["id_dist_source"] > m[s]["input_id_dist_source"]
+        # the counterpart keeps X's pose, but Y's eyes and nose sit elsewhere on Y's face
+        assert m[s]["recon_landmark_shift"] == 0 and 0 < m[s]["landmark_shift"] < 0.5  # measured 0.27, 0.18
+        # a pass-through "swap" is the input itself: nothing moved, nothing transferred
+        assert still[s]["id_transfer"] == 0 and still[s]["landmark_shift"] == 0
+        assert still[s]["id_dist_target"] == m[s]["input_id_dist_target"]

@@ -26,6 +26,9 @@ METRICS = (
     ("loss_b", "loss_b"),
     ("eval.a.swap_mae", "swap_mae_a"),
     ("eval.b.swap_mae", "swap_mae_b"),
+    # share of swaps that read as the other person (dlib descriptor; no ground truth needed)
+    ("eval.a.id_transfer", "id_transfer_a"),
+    ("eval.b.id_transfer", "id_transfer_b"),
     ("eval.a.recon_mae", "recon_mae_a"),
     ("eval.b.recon_mae", "recon_mae_b"),
     ("eval.a.cycle_mae", "cycle_mae_a"),

@@ -13,6 +13,25 @@ model.input_size):
   that has only learned Y's average face, blurred, scores about the same.
 - cycle_mae: X -> decoder Y -> encoder -> decoder X against X, a swap consistency score that
   needs no ground truth (lower is better).
+
+Identity and pose (autoswap.identity, dlib's face recognition ResNet and 5-point landmarks; no
+ground truth needed, so these work on your own data too; evaluate.identity_faces = 0 turns them
+off). Each person's identity centroid is the mean 128-d descriptor of evaluate.identity_faces of
+their training faces (evenly spaced over the sorted files, so the same faces every run). The
+target is Y's centroid, the source X's:
+- id_transfer: share of the swaps (X through decoder Y) nearer Y's centroid than X's; 1 = every
+  swap reads as Y (higher is better).
+- id_dist_target / id_dist_source: the swaps' mean descriptor distance to Y's / X's centroid;
+  below about 0.6 reads as that person.
+- input_id_transfer / input_id_dist_target / input_id_dist_source: the same for the unswapped
+  input X, the "nothing swapped" baseline (id_transfer near 0).
+- recon_id_transfer / recon_id_dist_target / recon_id_dist_source: the same for the
+  reconstruction (X through decoder X), which should also stay X. Read id_transfer with it: a
+  barely trained model's blurs can land nearer one centroid whatever the decoder, and then
+  recon_id_transfer is high too.
+- landmark_shift: mean distance of the swap's 5 landmarks from the input's, in the input's eye
+  distances; lower = the swap kept X's pose and expression (0 = the same points).
+- recon_landmark_shift: the same for the reconstruction, the model's own baseline.
 """
 
 from __future__ import annotations
@@ -39,10 +58,41 @@ def _scores(pred, target) -> dict:
     return {"mae": mae, "psnr": psnr, "ssim": ssim}
 
 
-def evaluate_faces(nets, spec, faces: dict, gts: dict, batch: int = 32, train_faces: dict | None = None) -> dict:
+def _sample(n: int, k: int) -> np.ndarray:
+    """k indices spread evenly over range(n) (all of them when k >= n): a fixed sample."""
+    return np.unique(np.linspace(0, n - 1, min(k, n)).round().astype(int))
+
+
+def _identity_scores(inp, recon, swap, target, source) -> dict:
+    """The identity and landmark scores of one person's swaps (see the module docstring).
+    inp, recon, swap: (N, S, S, 3) float in [0, 1]; target, source: (128,) centroids."""
+    from autoswap.identity import descriptors, identity_scores, landmark_shift
+
+    m = {}
+    d_inp, lm_inp = descriptors(inp, with_landmarks=True)  # (N, 128), (N, 5, 2)
+    d_recon, lm_recon = descriptors(recon, with_landmarks=True)
+    d_swap, lm_swap = descriptors(swap, with_landmarks=True)
+    for prefix, d in (("", d_swap), ("input_", d_inp), ("recon_", d_recon)):
+        m.update({prefix + k: v for k, v in identity_scores(d, target, source).items()})
+    m["landmark_shift"] = float(np.mean(landmark_shift(lm_swap, lm_inp)))
+    m["recon_landmark_shift"] = float(np.mean(landmark_shift(lm_recon, lm_inp)))
+    return m
+
+
+def evaluate_faces(nets, spec, faces: dict, gts: dict, batch: int = 32, train_faces: dict | None = None,
+                   identity_faces: int = 0) -> dict:
+    """The scores of the module docstring, {"a": {...}, "b": {...}}. The identity and landmark
+    scores need identity_faces > 0 and training faces of both people."""
     from autoswap.pipeline import center_crop
 
     train_faces = train_faces or {}
+    centroids = {}  # person -> (128,) mean descriptor of a fixed sample of their training faces
+    if identity_faces > 0 and all(train_faces.get(s) is not None and len(train_faces[s]) for s in "ab"):
+        from autoswap.identity import centroid, descriptors
+
+        for s in "ab":
+            sample = train_faces[s][_sample(len(train_faces[s]), identity_faces)]
+            centroids[s] = centroid(descriptors(np.asarray(center_crop(spec, sample))))
 
     encoder, decoder_a, decoder_b = nets
     dec = {"a": decoder_a, "b": decoder_b}
@@ -64,6 +114,8 @@ def evaluate_faces(nets, spec, faces: dict, gts: dict, batch: int = 32, train_fa
                 mean_face = np.median(np.asarray(center_crop(spec, train_faces[y])), axis=0)  # (64, 64, 3)
                 c = _scores(np.broadcast_to(mean_face, gt.shape).astype(np.float32), gt)
                 m.update(mean_face_swap_mae=c["mae"], mean_face_swap_ssim=c["ssim"])
+        if centroids:
+            m.update(_identity_scores(inp, recon, swap, target=centroids[y], source=centroids[x]))
         out[x] = {k: round(v, 6) for k, v in m.items()}
     return out
 
@@ -87,7 +139,8 @@ def evaluate(settings: Settings, model_dir: Path = Path("models/final"), metrics
             raise UserError(f"{root / s / 'val'}: no validation faces; run `dvc repro prepare`")
         gt = load_faces(root / s / "val_gt", size)[0] if (root / s / "val_gt").is_dir() else None
         gts[s] = gt if gt is not None and len(gt) else None
-    result = evaluate_faces(nets, spec, faces, gts, settings.evaluate.batch_size, train_faces)
+    result = evaluate_faces(nets, spec, faces, gts, settings.evaluate.batch_size, train_faces,
+                            settings.evaluate.identity_faces)
     metrics_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(metrics_dir / "eval.json", result)
 
