@@ -67,8 +67,8 @@ def test_no_baseline_without_training_faces(data):
 
 
 ID_KEYS = {
-    f"{p}{k}" for p in ("", "input_", "recon_") for k in ("id_transfer", "id_dist_target", "id_dist_source")
-} | {"landmark_shift", "recon_landmark_shift"}
+    f"{p}{k}" for p in ("", "input_", "recon_", "truth_") for k in ("id_transfer", "id_dist_target", "id_dist_source")
+} | {"landmark_shift", "recon_landmark_shift", "truth_landmark_shift"}
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ def test_identity_scores_of_a_perfect_and_a_pass_through_swap(data, train_faces)
             assert 0 <= m[s][k] <= (1 if "transfer" in k or "shift" in k else 2), (s, k, m[s][k])
         # the input and its copy (the reconstruction) stay X; the perfect swap reads as Y
         assert m[s]["input_id_transfer"] == m[s]["recon_id_transfer"] == 0
-        assert m[s]["input_id_dist_source"] < 0.6 < m[s]["input_id_dist_target"]
+        assert m[s]["input_id_dist_source"] < 0.6 and m[s]["input_id_dist_source"] < m[s]["input_id_dist_target"]
         assert m[s]["id_transfer"] >= 0.5 and m[s]["id_dist_target"] < m[s]["input_id_dist_target"]  # measured 1.0
         assert m[s]["id_dist_source"] > m[s]["input_id_dist_source"]
         # the counterpart keeps X's pose, but Y's eyes and nose sit elsewhere on Y's face
@@ -123,3 +123,6 @@ def test_identity_scores_of_a_perfect_and_a_pass_through_swap(data, train_faces)
         # a pass-through "swap" is the input itself: nothing moved, nothing transferred
         assert still[s]["id_transfer"] == 0 and still[s]["landmark_shift"] == 0
         assert still[s]["id_dist_target"] == m[s]["input_id_dist_target"]
+        # the ground truth's own scores are the perfect swap's: here the swap is the ground truth
+        for k in ("id_transfer", "id_dist_target", "id_dist_source", "landmark_shift"):
+            assert m[s][f"truth_{k}"] == m[s][k] and still[s][f"truth_{k}"] == m[s][k]

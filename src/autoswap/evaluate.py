@@ -32,6 +32,9 @@ target is Y's centroid, the source X's:
 - landmark_shift: mean distance of the swap's 5 landmarks from the input's, in the input's eye
   distances; lower = the swap kept X's pose and expression (0 = the same points).
 - recon_landmark_shift: the same for the reconstruction, the model's own baseline.
+- truth_id_transfer / truth_id_dist_* / truth_landmark_shift: the same scores of the ground-truth
+  counterparts, where the data set has them (synthetic): what a perfect swap scores. Its
+  landmark_shift is not 0 where the two people's eyes and nose sit in different places.
 """
 
 from __future__ import annotations
@@ -63,19 +66,26 @@ def _sample(n: int, k: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, min(k, n)).round().astype(int))
 
 
-def _identity_scores(inp, recon, swap, target, source) -> dict:
+def _identity_scores(inp, recon, swap, target, source, truth=None) -> dict:
     """The identity and landmark scores of one person's swaps (see the module docstring).
-    inp, recon, swap: (N, S, S, 3) float in [0, 1]; target, source: (128,) centroids."""
+    inp, recon, swap: (N, S, S, 3) float in [0, 1]; target, source: (128,) centroids; truth: the
+    ground-truth counterparts (N, S, S, 3), where the data set has them (synthetic)."""
     from autoswap.identity import descriptors, identity_scores, landmark_shift
 
     m = {}
     d_inp, lm_inp = descriptors(inp, with_landmarks=True)  # (N, 128), (N, 5, 2)
     d_recon, lm_recon = descriptors(recon, with_landmarks=True)
     d_swap, lm_swap = descriptors(swap, with_landmarks=True)
-    for prefix, d in (("", d_swap), ("input_", d_inp), ("recon_", d_recon)):
+    scored = [("", d_swap), ("input_", d_inp), ("recon_", d_recon)]
+    if truth is not None:
+        d_truth, lm_truth = descriptors(truth, with_landmarks=True)
+        scored.append(("truth_", d_truth))
+    for prefix, d in scored:
         m.update({prefix + k: v for k, v in identity_scores(d, target, source).items()})
     m["landmark_shift"] = float(np.mean(landmark_shift(lm_swap, lm_inp)))
     m["recon_landmark_shift"] = float(np.mean(landmark_shift(lm_recon, lm_inp)))
+    if truth is not None:
+        m["truth_landmark_shift"] = float(np.mean(landmark_shift(lm_truth, lm_inp)))
     return m
 
 
@@ -115,7 +125,8 @@ def evaluate_faces(nets, spec, faces: dict, gts: dict, batch: int = 32, train_fa
                 c = _scores(np.broadcast_to(mean_face, gt.shape).astype(np.float32), gt)
                 m.update(mean_face_swap_mae=c["mae"], mean_face_swap_ssim=c["ssim"])
         if centroids:
-            m.update(_identity_scores(inp, recon, swap, target=centroids[y], source=centroids[x]))
+            truth = np.asarray(center_crop(spec, gts[x])) if "swap_mae" in m else None
+            m.update(_identity_scores(inp, recon, swap, target=centroids[y], source=centroids[x], truth=truth))
         out[x] = {k: round(v, 6) for k, v in m.items()}
     return out
 
