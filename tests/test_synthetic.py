@@ -66,6 +66,12 @@ def test_conditions_follow_the_settings():
     frozen = CFG.model_copy(update={"max_yaw": 0.0, "max_pitch": 0.0, "max_roll": 0.0})
     c = S.sample_conditions(np.random.default_rng(0), frozen)
     assert c.yaw == c.pitch == c.roll == 0.0
+    # exposure and colour temperature: fixed by default (one shoot), ranges when asked for
+    assert {(c.brightness, c.warmth) for c in cs} == {(0.95, 0.0)}
+    lit = CFG.model_copy(update={"brightness_jitter": 0.2, "max_warmth": 1.0})
+    ls = [S.sample_conditions(np.random.default_rng(i), lit) for i in range(300)]
+    b, w = np.array([c.brightness for c in ls]), np.array([c.warmth for c in ls])
+    assert 0.75 <= b.min() < 0.8 and 1.1 < b.max() <= 1.15 and -1 <= w.min() < -0.9 and 0.9 < w.max() <= 1
 
 
 def test_persons_differ_under_the_same_conditions_and_vary_across_conditions():

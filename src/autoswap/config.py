@@ -43,11 +43,12 @@ class SyntheticSettings(_Section):
     max_roll: float = Field(0.25, ge=0, le=1.0, description="radians")
     scale_jitter: float = Field(0.08, ge=0, le=0.5)
     shift_jitter: float = Field(0.05, ge=0, le=0.3, description="fraction of the image size")
-    # Exposure and colour temperature of the whole picture, as in one controlled shoot. Wider
-    # ranges (0.95 +- 0.2, warmth +- 1) let the decoders read skin tone as light: the swap then kept
-    # the source's skin colour, and the demo never swapped (docs/EXPERIMENTS.md).
-    brightness_jitter: float = Field(0.05, ge=0, le=0.5, description="exposure 0.95 +- this")
-    max_warmth: float = Field(0.25, ge=0, le=1, description="colour temperature, -1 cold .. 1 warm")
+    # Exposure and colour temperature of the whole picture; 0 = fixed, as in one controlled shoot
+    # (the light's direction and strength still vary). With ranges (0.95 +- 0.2, warmth +- 1) the
+    # decoders read skin tone as light, and the swap kept the source's skin colour: the demo never
+    # swapped, and the swap got worse with training (docs/EXPERIMENTS.md).
+    brightness_jitter: float = Field(0.0, ge=0, le=0.5, description="exposure 0.95 +- this")
+    max_warmth: float = Field(0.0, ge=0, le=1, description="colour temperature, -1 cold .. 1 warm")
 
 
 class DataSettings(_Section):
