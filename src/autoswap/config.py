@@ -249,7 +249,7 @@ class TrainSettings(_Section):
     # rate, at most max_rollbacks times, then stop; stop: stop at once; warn: warn and go on.
     # Either way models/final never holds weights from after an unrecovered divergence.
     on_divergence: Literal["rollback", "stop", "warn"] = "rollback"
-    divergence_factor: float = Field(4.0, gt=1, le=100)
+    divergence_factor: float = Field(2.5, gt=1, le=100)
     rollback_lr_factor: float = Field(0.5, gt=0, lt=1)
     max_rollbacks: int = Field(3, ge=0, le=100)
 
