@@ -443,3 +443,33 @@ def test_clip_grad_norm_caps_the_gradient_before_adam(tmp_path):
     opt.apply_gradients([(tf.constant([30.0, 40.0, 0.0, 0.0]), v)])  # norm 50
     m = opt._momentums[0].numpy()
     np.testing.assert_allclose(m, 0.5 * np.array([0.6, 0.8, 0.0, 0.0]), rtol=1e-6)  # (1 - beta_1) x the clipped gradient
+
+
+def test_a_second_training_on_the_same_models_folder_exits_at_once_naming_the_holder(tmp_path, faces, mlflow_store):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    models = tmp_path / "models"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from pathlib import Path; from autoswap.train import training_lock\n"
+         f"with training_lock(Path({str(models)!r})):\n    print('held', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        t0 = time.monotonic()
+        with pytest.raises(UserError, match=rf"another `autoswap train` \(PID {holder.pid}\) is training here"):
+            run(tmp_path, data={"faces_dir": str(faces)})
+        assert time.monotonic() - t0 < 5  # at once: before any face is loaded or model built
+        assert not (models / "checkpoints").exists()
+        holder.send_signal(signal.SIGKILL)  # a killed holder leaves its lock file behind: stale
+        holder.wait(10)
+        assert (models / ".train.lock").read_text().strip() == str(holder.pid)
+        _, r = run(tmp_path, data={"faces_dir": str(faces)})  # taken over
+        assert np.isfinite(r["loss_a"]) and (models / "final" / "model.json").is_file()
+    finally:
+        holder.kill()
+        holder.wait(10)

@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -290,7 +291,50 @@ def make_dataset(spec, faces_a, faces_b, start: int, stop: int):
     )
 
 
+@contextmanager
+def training_lock(models_dir: Path):
+    """One `autoswap train` at a time per models folder: two would share models/checkpoints and
+    the MLflow run and overwrite each other's checkpoints. flock, so the lock goes with its holder:
+    a killed process leaves a stale file that the next run simply takes over."""
+    import fcntl
+
+    models_dir.mkdir(parents=True, exist_ok=True)
+    path = models_dir / ".train.lock"
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise UserError(
+                f"{models_dir}: another `autoswap train` (PID {holder}) is training here; wait for it to "
+                "finish or stop it, then run again"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
+
+
+def _chief_process(settings: Settings) -> bool:
+    """From TF_CONFIG, before TensorFlow starts: is this the process that writes to models/?"""
+    if settings.train.strategy != "multi_worker":
+        return True
+    cfg = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task, has_chief = cfg.get("task", {}), "chief" in cfg.get("cluster", {})
+    if task.get("type") == "chief":
+        return True
+    return not has_chief and task.get("type", "worker") == "worker" and int(task.get("index", 0)) == 0
+
+
 def train(settings: Settings, metrics_dir: Path = Path("metrics"), plots_dir: Path = Path("plots")) -> dict:
+    """The train stage: see the module docstring. Holds the models folder's lock throughout."""
+    with training_lock(settings.train.models_dir) if _chief_process(settings) else nullcontext():
+        return _train(settings, metrics_dir, plots_dir)
+
+
+def _train(settings: Settings, metrics_dir: Path, plots_dir: Path) -> dict:
     import keras
     import mlflow
     import tensorflow as tf
