@@ -10,6 +10,7 @@ from PIL import Image
 from autoswap import train as T
 from autoswap.config import parse
 from autoswap.errors import UserError
+from autoswap.tracking import model_run
 
 
 def random_faces(root, size=64, n_train=10, n_val=3, seed=0):
@@ -56,7 +57,7 @@ def test_training_is_deterministic_and_logged(tmp_path, faces, mlflow_store):
     assert ra == rb and np.isfinite(ra["loss_a"])
     # the MLflow run: params, per-step metrics, previews and weights
     client = mlflow.MlflowClient()
-    run_ = client.get_run(meta["mlflow_run_id"])
+    run_ = client.get_run(model_run(a / "models" / "final")[0])
     assert run_.info.status == "FINISHED"
     assert run_.data.params["train.learning_rate"] == "0.001"
     steps = [m.step for m in client.get_metric_history(run_.info.run_id, "loss_a")]
@@ -97,7 +98,7 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path, faces, mlflow
     for x, y in zip(w_ref, w_cut, strict=True):
         np.testing.assert_array_equal(x, y)  # bit-identical on the same machine
     assert (ref / "plots" / "loss.csv").read_text() == (cut / "plots" / "loss.csv").read_text()
-    assert meta["mlflow_run_id"] == state["run_id"]  # the same MLflow run continued
+    assert model_run(cut / "models" / "final")[0] == state["run_id"]  # the same MLflow run continued
     assert mlflow.MlflowClient().get_run(state["run_id"]).info.status == "FINISHED"
 
 
@@ -365,7 +366,7 @@ def test_divergence_rolls_back_to_the_last_checkpoint_and_trains_on_bit_identica
     rows = list(csv.DictReader((a / "plots" / "loss.csv").open()))
     assert [int(r["step"]) for r in rows] == list(range(1, 9))
     assert [float(r["learning_rate"]) for r in rows] == pytest.approx([1e-3] * 3 + [5e-4] * 5)
-    run_ = mlflow.MlflowClient().get_run(meta["mlflow_run_id"])
+    run_ = mlflow.MlflowClient().get_run(model_run(a / "models" / "final")[0])
     assert run_.info.status == "FINISHED"
     assert run_.data.tags["autoswap.diverged_at_step"] == "5"
     assert run_.data.tags["autoswap.rollback.1"].startswith("step 5 -> 3: loss became nan")
@@ -408,8 +409,7 @@ def test_stop_mode_keeps_the_last_good_checkpoint_and_a_rerun_resumes_from_it(
     capsys.readouterr()
     _, r = run(tmp_path, data={"faces_dir": str(faces)}, train={**DIVERGE, "on_divergence": "stop"})
     assert "resuming from" in capsys.readouterr().out
-    _, meta = weights(tmp_path)
-    assert meta["mlflow_run_id"] == state["run_id"] and np.isfinite(r["loss_a"])
+    assert model_run(tmp_path / "models" / "final")[0] == state["run_id"] and np.isfinite(r["loss_a"])
 
 
 def _plain_mae(t, y):
@@ -473,3 +473,180 @@ def test_a_second_training_on_the_same_models_folder_exits_at_once_naming_the_ho
     finally:
         holder.kill()
         holder.wait(10)
+
+
+# ----------------------------------------------------------------------------- train longer
+def run_of(root):
+    """The MLflow run id that trained root/models/final."""
+    from autoswap import tracking
+
+    return tracking.model_run(root / "models" / "final")[0]
+
+
+LONGER = {"log_every": 2, "save_every": 4, "preview_every": 8, "backup_every": 100}
+
+
+def test_raising_steps_goes_on_from_the_last_checkpoint_bit_identically(tmp_path, faces, mlflow_store, capsys):
+    straight, grown = tmp_path / "straight", tmp_path / "grown"
+    run(straight, data={"faces_dir": str(faces)}, train={**LONGER, "steps": 8})
+    _, short = run(grown, data={"faces_dir": str(faces)}, train={**LONGER, "steps": 4})
+    first_run = run_of(grown)
+    capsys.readouterr()
+    run(grown, data={"faces_dir": str(faces)}, train={**LONGER, "steps": 8})
+    out = capsys.readouterr().out
+    assert "train.steps changed from 4 to 8; going on from step 4" in out and "set it aside" not in out
+    w_straight, _ = weights(straight)
+    w_grown, meta = weights(grown)
+    for x, y in zip(w_straight, w_grown, strict=True):
+        np.testing.assert_array_equal(x, y)  # steps 0..4 and 4..8 are the straight run's, bit for bit
+    # one loss curve, in the same MLflow run
+    assert (straight / "plots" / "loss.csv").read_text() == (grown / "plots" / "loss.csv").read_text()
+    assert run_of(grown) == first_run and meta["steps"] == 8
+    run_ = mlflow.MlflowClient().get_run(first_run)
+    assert run_.info.status == "FINISHED"
+    assert run_.data.tags["autoswap.lengthened_at_step.4"] == "train.steps 4 -> 8"
+    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(first_run, "loss_a")]
+    assert steps == [2, 4, 6, 8]
+
+
+def test_a_schedule_that_depends_on_the_total_restarts_or_stretches_as_asked(
+    tmp_path, faces, mlflow_store, capsys, monkeypatch
+):
+    cosine = {**LONGER, "lr_schedule": {"kind": "cosine", "min_ratio": 0.1}}
+    run(tmp_path, data={"faces_dir": str(faces)}, train={**cosine, "steps": 4})
+    capsys.readouterr()
+    run(tmp_path, data={"faces_dir": str(faces)}, train={**cosine, "steps": 8})
+    out = capsys.readouterr().out
+    assert "the cosine learning-rate schedule depends on it: starting afresh" in out
+    assert "train.on_more_steps: stretch_schedule" in out and "set it aside" in out
+    rows = list(csv.DictReader((tmp_path / "plots" / "loss.csv").open()))
+    assert [int(r["step"]) for r in rows] == [2, 4, 6, 8]
+
+    # stretched: an 8-step cosine run stopped at its step-4 checkpoint, then made 16 steps long:
+    # steps 0..4 as the 8-step run, then its remaining schedule (4..7) spread over 4..15
+    other = tmp_path / "other"
+    real_update = T.Progress.update
+
+    def stop_at_6(self, step, n, info):
+        real_update(self, step, n, info)
+        if step >= 6:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(T.Progress, "update", stop_at_6)
+    with pytest.raises(KeyboardInterrupt):
+        run(other, data={"faces_dir": str(faces)}, train={**cosine, "steps": 8})
+    monkeypatch.setattr(T.Progress, "update", real_update)
+    run0 = json.loads((other / "models" / "checkpoints" / "state.json").read_text())["run_id"]
+    capsys.readouterr()
+    run(other, data={"faces_dir": str(faces)}, train={**cosine, "steps": 16, "on_more_steps": "stretch_schedule"})
+    assert "stretched from step 4 to the new end, 16" in capsys.readouterr().out
+    rows = {int(r["step"]): float(r["learning_rate"]) for r in csv.DictReader((other / "plots" / "loss.csv").open())}
+    from autoswap.config import LRScheduleSettings
+
+    eight = T.LRSchedule(LRScheduleSettings(kind="cosine", min_ratio=0.1), 1e-3, 8)
+    assert rows[2] == pytest.approx(float(eight(1)), rel=1e-6)  # before the stretch: the 8-step run's
+    assert rows[10] == pytest.approx(float(eight(4 + (9 - 4) * 3 / 11)), rel=1e-5)  # logged at 10: step 9
+    assert rows[16] == pytest.approx(1e-4, rel=1e-5)  # the schedule's end at the new last step
+    state = json.loads((other / "models" / "checkpoints" / "state.json").read_text())
+    assert state["stretch"] == [4, 4.0, 15, 7] and state["schedule_steps"] == 8
+    tag = mlflow.MlflowClient().get_run(run_of(other)).data.tags["autoswap.lengthened_at_step.4"]
+    assert run_of(other) == run0 and "stretch_schedule" in tag
+
+
+def test_stretched_maps_the_rest_of_a_schedule_onto_the_new_end():
+    from autoswap.pipeline import stretched
+
+    # a 101-step schedule stopped at step 40, lengthened to 201 steps: step 40 reads 40, 200 reads 100
+    m = (40, 40.0, 200, 100)
+    assert float(stretched(10, m)) == 10 and float(stretched(40, m)) == 40
+    assert float(stretched(120, m)) == pytest.approx(70) and float(stretched(200, m)) == pytest.approx(100)
+    assert float(stretched(7, None)) == 7
+
+
+def test_finish_after_an_interruption_writes_the_final_model_from_the_last_checkpoint(
+    tmp_path, faces, mlflow_store, monkeypatch
+):
+    real_update = T.Progress.update
+
+    def crash_at_6(self, step, n, info):
+        real_update(self, step, n, info)
+        if step >= 6:
+            raise KeyboardInterrupt  # Ctrl+C after the step-4 checkpoint
+
+    monkeypatch.setattr(T.Progress, "update", crash_at_6)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, data={"faces_dir": str(faces)}, train={**LONGER, "steps": 8})
+    monkeypatch.setattr(T.Progress, "update", real_update)
+    s = parse(tiny_raw(tmp_path, data={"faces_dir": str(faces)}, train={**LONGER, "steps": 8}))
+    r = T.train(s, metrics_dir=tmp_path / "metrics", plots_dir=tmp_path / "plots", finish=True)
+    assert r["steps"] == 4 and json.loads((tmp_path / "metrics" / "train.json").read_text())["steps"] == 4
+    _, meta = weights(tmp_path)
+    assert meta["steps"] == 4
+    run_ = mlflow.MlflowClient().get_run(run_of(tmp_path))
+    assert run_.info.status == "FINISHED" and run_.data.tags["autoswap.finished_early_at_step"] == "4"
+    rows = list(csv.DictReader((tmp_path / "plots" / "loss.csv").open()))
+    assert [int(x["step"]) for x in rows] == [2, 4]
+    # and the evaluate stage works on it
+    from autoswap.evaluate import evaluate
+
+    ev = evaluate(s, model_dir=tmp_path / "models" / "final", metrics_dir=tmp_path / "metrics")
+    assert set(ev) == {"a", "b"}
+
+
+def test_finish_without_a_checkpoint_is_a_clear_error(tmp_path, faces, mlflow_store):
+    s = parse(tiny_raw(tmp_path, data={"faces_dir": str(faces)}))
+    with pytest.raises(UserError, match="no checkpoint of these settings to finish from"):
+        T.train(s, metrics_dir=tmp_path / "metrics", plots_dir=tmp_path / "plots", finish=True)
+
+
+# ----------------------------------------------------------------------------- the run outside models/final
+def test_final_model_holds_no_run_so_two_trainings_give_the_same_bytes(tmp_path, faces, mlflow_store, capsys):
+    """models/final is a DVC output: the same training twice gives the same files (the same DVC
+    hash, the same dvc.lock). The MLflow run is in models/run.json, which evaluate follows to log to
+    the training's run; a folder away from its run.json, or since replaced, is logged nowhere."""
+    import shutil
+
+    from pathlib import Path
+
+    from autoswap.evaluate import evaluate
+    from autoswap.tracking import model_digest, tracking_uri
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    s, _ = run(a, data={"faces_dir": str(faces)}, evaluate={"identity_faces": 0})
+    run(b, data={"faces_dir": str(faces)}, evaluate={"identity_faces": 0})
+    fa, fb = a / "models" / "final", b / "models" / "final"
+    assert (fa / "model.json").read_bytes() == (fb / "model.json").read_bytes()
+    assert "mlflow" not in (fa / "model.json").read_text()
+    assert sorted(p.name for p in fa.iterdir()) == sorted(p.name for p in fb.iterdir())
+    assert model_digest(fa) == model_digest(fb)  # the weight files too, byte for byte
+
+    # two runs, each named in its own models/run.json, which DVC does not track
+    ra, rb = model_run(fa), model_run(fb)
+    assert ra and rb and ra[0] != rb[0]
+    state = json.loads((a / "models" / "checkpoints" / "state.json").read_text())
+    assert ra == (state["run_id"], tracking_uri())
+    assert json.loads((a / "models" / "run.json").read_text())["model"] == "final"
+    assert "run.json" not in (Path(__file__).resolve().parents[1] / "dvc.yaml").read_text()
+
+    # evaluate logs to the training's run, and to no other
+    ev = evaluate(s, model_dir=fa, metrics_dir=a / "metrics")
+    client = mlflow.MlflowClient()
+    assert client.get_run(ra[0]).data.metrics["eval.a.recon_mae"] == pytest.approx(ev["a"]["recon_mae"])
+    assert "eval.a.recon_mae" not in client.get_run(rb[0]).data.metrics
+
+    # the folder copied elsewhere without run.json: evaluated, logged nowhere, nothing said
+    copy = tmp_path / "elsewhere" / "final"
+    shutil.copytree(fa, copy)
+    exp_id = client.get_run(ra[0]).info.experiment_id
+    n_runs = len(client.search_runs([exp_id]))
+    capsys.readouterr()
+    assert model_run(copy) is None
+    evaluate(s, model_dir=copy, metrics_dir=tmp_path / "elsewhere")
+    assert "autoswap" not in capsys.readouterr().err
+    assert len(client.search_runs([exp_id])) == n_runs
+    # a run.json written for other files (models/final replaced since): not this model's run
+    shutil.copyfile(a / "models" / "run.json", copy.parent / "run.json")
+    assert model_run(copy) == ra
+    with open(copy / "decoder_b.weights.h5", "ab") as f:
+        f.write(b"\0")
+    assert model_run(copy) is None

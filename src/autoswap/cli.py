@@ -28,7 +28,7 @@ def cmd_prepare(args):
 def cmd_train(args):
     from autoswap.train import train
 
-    r = train(_settings(args))
+    r = train(_settings(args), finish=args.finish)
     print(f"autoswap: trained {r['steps']} steps, loss A {r['loss_a']:.4f}, loss B {r['loss_b']:.4f}")
 
 
@@ -48,13 +48,19 @@ def cmd_preview(args):
 
 
 def cmd_extract(args):
+    from autoswap.errors import UserError
     from autoswap.extract import extract_to_dir
+    from autoswap.files import check_output_dir, output_owner
 
     s = _settings(args)
-    if args.out.exists() and any(args.out.iterdir()) and not args.force:
-        from autoswap.errors import UserError
-
-        raise UserError(f"{args.out}: not empty; choose an empty folder or pass --force")
+    check_output_dir(args.out, "--out", (s.data.dir_a, s.data.dir_b))
+    if args.out.is_dir() and any(args.out.iterdir()):
+        # --force replaces an earlier extraction here (only the faces its manifest lists), never other files
+        if output_owner(args.out) != "extract":
+            raise UserError(f"--out: {args.out} is not empty and not written by autoswap; "
+                            "move its files or choose another folder")
+        if not args.force:
+            raise UserError(f"{args.out}: not empty; choose an empty folder or pass --force")
     r = extract_to_dir(list(args.inputs), args.out, s.extract, s.data.face_size, s.data.max_image_pixels)
     dropped = sum(len(v) for v in r["dropped"].values())
     print(f"autoswap: {r['kept']} face(s) from {r['files']} file(s) into {args.out}; {dropped} dropped")
@@ -159,6 +165,15 @@ def cmd_compare(args):
     print(f"autoswap: {len(r['rows'])} run(s) of experiment '{experiment}'; wrote {r['out']}")
 
 
+def _loopback_hosts(host: str, port: int) -> list[str]:
+    """The Host headers a browser sends to a UI bound to loopback `host`: localhost and the
+    address itself, with the port (and without it on port 80, where browsers leave it out)."""
+    names = ["localhost", "127.0.0.1"]
+    if host not in names:
+        names.append(f"[{host}]" if ":" in host else host)
+    return [f"{n}:{port}" for n in names] + (names if port == 80 else [])
+
+
 def cmd_ui(args):
     import ipaddress
 
@@ -182,6 +197,11 @@ def cmd_ui(args):
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
            "--default-artifact-root", tracking.artifact_root(), "--host", args.host, "--port", str(args.port),
            "--workers", "1"]
+    if loopback and not os.environ.get("MLFLOW_SERVER_ALLOWED_HOSTS"):
+        # DNS rebinding: a web page whose host name resolves to 127.0.0.1 would reach the UI from
+        # the browser; MLflow's default Host list also takes any private IP and any port. Only the
+        # names this server is opened by pass (the env variable, when set, is the user's choice)
+        cmd += ["--allowed-hosts", ",".join(_loopback_hosts(args.host, args.port))]
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
     print(f"autoswap: MLflow UI on http://{args.host}:{args.port} (store {uri}); Ctrl+C stops it")
     print("autoswap: choose 'Model training' at its top left for the runs and their loss charts", flush=True)
@@ -195,7 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", type=Path, default=Path("params.yaml"), help="settings file (default params.yaml)")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("prepare", help="DVC stage: write the aligned face sets").set_defaults(fn=cmd_prepare)
-    sub.add_parser("train", help="DVC stage: train (resumes from the last checkpoint)").set_defaults(fn=cmd_train)
+    tr = sub.add_parser("train", help="DVC stage: train (resumes from the last checkpoint)")
+    tr.add_argument("--finish", action="store_true",
+                    help="train no more: write models/final and metrics/train.json from the last checkpoint")
+    tr.set_defaults(fn=cmd_train)
     for name, fn, h in (("evaluate", cmd_evaluate, "DVC stage: metrics on the validation faces"),
                         ("preview", cmd_preview, "DVC stage: swap grid and loss plot")):
         sp = sub.add_parser(name, help=h)
@@ -204,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("extract", help="detect and align faces in photos and videos")
     ex.add_argument("inputs", nargs="+", type=Path, help="image or video files, or folders")
     ex.add_argument("--out", type=Path, required=True, help="folder for the aligned crops")
-    ex.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    ex.add_argument("--force", action="store_true",
+                    help="replace an earlier extraction in --out (only the faces its manifest lists)")
     ex.set_defaults(fn=cmd_extract)
     sw = sub.add_parser("swap", help="swap faces in a photo, a folder or a video (output marked as AI-generated)",
                         description="Swap faces with a trained model. Flags override params.yaml's swap section. "

@@ -249,6 +249,11 @@ class TrainSettings(_Section):
     # rate, at most max_rollbacks times, then stop; stop: stop at once; warn: warn and go on.
     # Either way models/final never holds weights from after an unrecovered divergence.
     on_divergence: Literal["rollback", "stop", "warn"] = "rollback"
+    # train.steps raised after a run: with a constant or step learning rate and a constant or
+    # off_after warp, training goes on from the last checkpoint in the same MLflow run. A cosine
+    # rate or a linear warp depends on the total: restart = start afresh; stretch_schedule = go on,
+    # with the rest of the schedule stretched from the last checkpoint's step to the new end
+    on_more_steps: Literal["restart", "stretch_schedule"] = "restart"
     divergence_factor: float = Field(2.5, gt=1, le=100)
     rollback_lr_factor: float = Field(0.5, gt=0, lt=1)
     max_rollbacks: int = Field(3, ge=0, le=100)

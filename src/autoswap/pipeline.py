@@ -90,6 +90,8 @@ class BatchSpec:
     color_lightness: float = 0.0
     color_ab: float = 0.0
     color_contrast: float = 0.0
+    # a finished run lengthened with train.on_more_steps stretch_schedule: see stretched below
+    stretch: tuple[float, float, float, float] | None = None
 
     @classmethod
     def from_settings(cls, s: Settings) -> BatchSpec:
@@ -103,13 +105,25 @@ class BatchSpec:
         )
 
 
+def stretched(step, stretch):
+    """The step at which a schedule that depends on train.steps is read: `step` itself, or, after
+    a finished run was lengthened with train.on_more_steps stretch_schedule, the steps from k on
+    mapped linearly onto what was left of the schedule. stretch = (k, e_k, end_new, end_old):
+    step k reads the schedule at e_k, and the new last step at the old last one."""
+    step = tf.cast(step, tf.float32)
+    if stretch is None:
+        return step
+    k, e, end_new, end_old = (float(v) for v in stretch)
+    return tf.where(step >= k, e + (step - k) * ((end_old - e) / max(1.0, end_new - k)), step)
+
+
 def warp_stddev(spec: BatchSpec, step) -> tf.Tensor:
     """Warp noise in pixels of the face at `step`: constant, linear to 0 at the last step, or
     off from `off_after` on (the seed suggests turning the warp off near the end)."""
     step = tf.cast(step, tf.float32)
     base = tf.constant(spec.stddev * spec.face_size, tf.float32)
     if spec.schedule == "linear":
-        return base * tf.maximum(0.0, 1.0 - step / max(1, spec.steps - 1))
+        return base * tf.maximum(0.0, 1.0 - stretched(step, spec.stretch) / max(1, spec.steps - 1))
     if spec.schedule == "off_after":
         return tf.where(step < float(spec.off_after), base, 0.0)
     return base

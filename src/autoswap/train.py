@@ -11,12 +11,12 @@ afresh.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from contextlib import contextmanager, nullcontext
@@ -30,7 +30,11 @@ from autoswap.errors import UserError
 from autoswap.files import atomic_write_json, atomic_write_text
 
 # settings that change when and what is logged or saved but not the numbers a run computes
-_NOT_IN_FINGERPRINT = {"log_every", "save_every", "keep_last", "backup_every", "preview_every", "models_dir"}
+# settings that change when and what is logged or saved but not the numbers a run computes; steps
+# is kept in state.json instead: a run that only gets longer goes on (see `total_dependent`)
+_NOT_IN_FINGERPRINT = {
+    "log_every", "save_every", "keep_last", "backup_every", "preview_every", "models_dir", "steps", "on_more_steps",
+}
 LOSS_FIELDS = ["step", "loss_a", "loss_b", "learning_rate", "warp_stddev"]
 
 
@@ -49,19 +53,25 @@ def fingerprint(settings: Settings, data_files: list[Path]) -> str:
 class LRSchedule:
     """constant, cosine (to min_ratio at the last step) or step (x gamma every step_every), with
     optional linear warm-up, times `scale` (a variable: rollbacks lower it). A keras
-    LearningRateSchedule so the optimizer evaluates it in-graph."""
+    LearningRateSchedule so the optimizer evaluates it in-graph. `.stretch` (see `stretched`) is
+    set before the first step when a finished run is lengthened."""
 
     def __new__(cls, cfg, base_lr: float, steps: int, scale=None):
         import keras
         import tensorflow as tf
 
+        from autoswap.pipeline import stretched
+
         class _Schedule(keras.optimizers.schedules.LearningRateSchedule):
+            stretch, total = None, steps
+
             def __call__(self, step):
                 step = tf.cast(step, tf.float32)
                 lr = tf.constant(base_lr, tf.float32)
                 if cfg.kind == "cosine":
-                    span = max(1, steps - 1 - cfg.warmup_steps)
-                    t = tf.clip_by_value((step - cfg.warmup_steps) / span, 0.0, 1.0)
+                    at = stretched(step, self.stretch)
+                    span = max(1, self.total - 1 - cfg.warmup_steps)
+                    t = tf.clip_by_value((at - cfg.warmup_steps) / span, 0.0, 1.0)
                     lr = lr * (cfg.min_ratio + (1 - cfg.min_ratio) * 0.5 * (1 + tf.cos(math.pi * t)))
                 elif cfg.kind == "step":
                     lr = lr * tf.pow(cfg.step_gamma, tf.floor(step / cfg.step_every))
@@ -75,6 +85,18 @@ class LRSchedule:
                 return {}
 
         return _Schedule()
+
+
+def total_dependent(t) -> list[str]:
+    """The schedules whose shape depends on train.steps: a longer run cannot just go on with them.
+    A constant or step learning rate (with or without warm-up) and a constant or off_after warp
+    do not depend on it."""
+    out = []
+    if t.lr_schedule.kind == "cosine":
+        out.append("the cosine learning-rate schedule")
+    if t.warp.schedule == "linear":
+        out.append("the linear warp schedule")
+    return out
 
 
 def mae_loss(y_true, y_pred):
@@ -328,13 +350,17 @@ def _chief_process(settings: Settings) -> bool:
     return not has_chief and task.get("type", "worker") == "worker" and int(task.get("index", 0)) == 0
 
 
-def train(settings: Settings, metrics_dir: Path = Path("metrics"), plots_dir: Path = Path("plots")) -> dict:
-    """The train stage: see the module docstring. Holds the models folder's lock throughout."""
+def train(
+    settings: Settings, metrics_dir: Path = Path("metrics"), plots_dir: Path = Path("plots"), finish: bool = False
+) -> dict:
+    """The train stage: see the module docstring. Holds the models folder's lock throughout.
+    finish: train no more; write models/final, metrics and plots from the last checkpoint and end
+    its MLflow run as FINISHED (after a Ctrl+C, say)."""
     with training_lock(settings.train.models_dir) if _chief_process(settings) else nullcontext():
-        return _train(settings, metrics_dir, plots_dir)
+        return _train(settings, metrics_dir, plots_dir, finish)
 
 
-def _train(settings: Settings, metrics_dir: Path, plots_dir: Path) -> dict:
+def _train(settings: Settings, metrics_dir: Path, plots_dir: Path, finish: bool) -> dict:
     import keras
     import mlflow
     import tensorflow as tf
@@ -342,7 +368,7 @@ def _train(settings: Settings, metrics_dir: Path, plots_dir: Path) -> dict:
     from autoswap import model as M
     from autoswap import tracking
     from autoswap.losses import needs_maps
-    from autoswap.pipeline import BatchSpec, load_faces, load_maps, make_batch, warp_stddev
+    from autoswap.pipeline import BatchSpec, load_faces, load_maps, make_batch, stretched, warp_stddev
     from autoswap.preview import preview_grid
 
     t = settings.train
@@ -405,11 +431,29 @@ def _train(settings: Settings, metrics_dir: Path, plots_dir: Path) -> dict:
     fp = fingerprint(settings, sets["a"][1] + sets["b"][1] + manifests)
     state_file = ckpt_dir / "state.json"
     state = json.loads(state_file.read_text()) if state_file.is_file() else None
-    if state and state.get("fingerprint") != fp:
-        stale = models_dir / f"checkpoints.stale-{state.get('fingerprint', 'unknown')}"
-        shutil.rmtree(stale, ignore_errors=True)
+    def set_aside(why: str) -> None:
+        stale = base = models_dir / f"checkpoints.stale-{state.get('fingerprint', 'unknown')}"
+        n = 1
+        while stale.exists() or stale.is_symlink():  # one set aside earlier: keep it too, never delete
+            n += 1
+            stale = base.with_name(f"{base.name}-{n}")
         ckpt_dir.rename(stale)
-        print(f"autoswap: settings or data changed since {ckpt_dir} was written; set it aside as {stale}")
+        print(f"autoswap: {why} since {ckpt_dir} was written; set it aside as {stale}")
+
+    # a run goes on from its checkpoints when only train.steps changed, unless a schedule's shape
+    # depends on the total (then: afresh, or stretched from the last step with on_more_steps)
+    depends = total_dependent(t)
+    old_steps = state.get("steps", t.steps) if state else t.steps
+    if state and state.get("fingerprint") != fp:
+        set_aside("settings or data changed")
+        state = None
+    elif state and old_steps != t.steps and depends and t.on_more_steps != "stretch_schedule" and not finish:
+        print(
+            f"autoswap: train.steps changed from {old_steps} to {t.steps}, and {' and '.join(depends)} "
+            "depends on it: starting afresh. To go on from the last checkpoint with the schedule stretched "
+            "to the new end instead, set train.on_more_steps: stretch_schedule"
+        )
+        set_aside("train.steps changed")
         state = None
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     ckpt = tf.train.Checkpoint(
@@ -420,6 +464,7 @@ def _train(settings: Settings, metrics_dir: Path, plots_dir: Path) -> dict:
     backups = tf.train.CheckpointManager(ckpt, ckpt_dir / "backups", max_to_keep=None, checkpoint_name="backup")
     history_file = ckpt_dir / "history.csv"
     history: list[dict] = []
+
     def restore_latest() -> str | None:
         # newest first; a checkpoint that will not load (cut off, corrupted on disk) falls back
         # to the one before it, with a warning, rather than losing the whole run
@@ -438,6 +483,28 @@ def _train(settings: Settings, metrics_dir: Path, plots_dir: Path) -> dict:
             history = [r for r in _read_csv(history_file) if r["step"] <= int(step_var.numpy())]
             print(f"autoswap: resuming from {path} at step {int(step_var.numpy())}")
     start = int(step_var.numpy())
+    if finish and not start:
+        raise UserError(f"{ckpt_dir}: no checkpoint of these settings to finish from; run `autoswap train`")
+    end = start if finish else t.steps  # --finish: the final model of the last checkpoint, no more steps
+    if start > end:
+        raise UserError(
+            f"params.yaml: key 'train.steps': {t.steps} is below step {start}, which {ckpt_dir} has reached; "
+            f"raise it, or end the run there with `autoswap train --finish`"
+        )
+    # the schedules' total and stretch: those of the run being continued, or this one's
+    schedule_steps = state.get("schedule_steps", old_steps) if state else t.steps
+    stretch = state.get("stretch") if state else None
+    lengthened = bool(state) and old_steps != t.steps and not finish
+    if lengthened and depends:  # on_more_steps stretch_schedule, checked above
+        e_k = float(stretched(start, stretch)) if stretch else float(start)
+        stretch = [start, e_k, t.steps - 1, schedule_steps - 1]
+        print(f"autoswap: {' and '.join(depends)} stretched from step {start} to the new end, {t.steps}")
+    elif lengthened:
+        print(f"autoswap: train.steps changed from {old_steps} to {t.steps}; going on from step {start}")
+    if not depends:
+        schedule_steps, stretch = t.steps, None  # nothing reads them
+    schedule.total, schedule.stretch = schedule_steps, stretch
+    spec = dataclasses.replace(spec, steps=schedule_steps, stretch=tuple(stretch) if stretch else None)
 
     # ---- MLflow: one run per training, reopened on resume
     exp_id = tracking.setup(settings.tracking.experiment)
@@ -455,8 +522,12 @@ def _train(settings: Settings, metrics_dir: Path, plots_dir: Path) -> dict:
         tags=tracking.run_tags() if not run_id else None,
     )
     run_id = run.info.run_id
-    state = {"fingerprint": fp, "run_id": run_id}
+    state = {"fingerprint": fp, "run_id": run_id, "steps": t.steps, "schedule_steps": schedule_steps, "stretch": stretch}
     atomic_write_json(state_file, state)
+    if lengthened:  # on the run, for `autoswap compare` and the UI: where it was lengthened, and how
+        mlflow.set_tag(f"autoswap.lengthened_at_step.{start}", f"train.steps {old_steps} -> {t.steps}"
+                       + (", schedule stretched (train.on_more_steps stretch_schedule)" if depends else ""))
+        mlflow.log_param(f"train.steps.from_{start}", t.steps)
     if start == 0:
         params = flatten(settings)
         params["autoswap.version"] = __version__
@@ -472,7 +543,7 @@ def _train(settings: Settings, metrics_dir: Path, plots_dir: Path) -> dict:
         train_step = tf.function(forward_backward, jit_compile=t.jit_compile)
 
         def steps_from(first: int):
-            return make_dataset(spec, sets["a"][0], sets["b"][0], first, t.steps)
+            return make_dataset(spec, sets["a"][0], sets["b"][0], first, end)
     else:
         # the decoded faces, copied once to every replica's device and kept there for the run
         # (constants, not variables: collectives cannot broadcast uint8 variables)
@@ -496,7 +567,7 @@ def _train(settings: Settings, metrics_dir: Path, plots_dir: Path) -> dict:
         train_step = tf.function(distributed_step, jit_compile=t.jit_compile and replicas == 1)
 
         def steps_from(first: int):
-            return ((tf.constant(s, tf.int64), ()) for s in range(first, t.steps))
+            return ((tf.constant(s, tf.int64), ()) for s in range(first, end))
 
     def save(step: int):
         # TF writes checkpoint shards under temporary names and only then rewrites the
@@ -564,7 +635,7 @@ def _train(settings: Settings, metrics_dir: Path, plots_dir: Path) -> dict:
         mlflow.log_metric("rollbacks", n + 1, step=step)
         return back
 
-    progress = Progress(start, t.steps)
+    progress = Progress(start, end)
     pending: list = []
     t_window, n_window = time.time(), 0
     warned = False
@@ -583,7 +654,7 @@ def _train(settings: Settings, metrics_dir: Path, plots_dir: Path) -> dict:
                 n_window += 1
                 step = int(s) + 1  # steps done
                 step_var.assign(step)
-                last = step == t.steps
+                last = step == end
                 if step % t.log_every == 0 or step % t.save_every == 0 or last:
                     losses = np.array([[float(v) for x in p for v in np.ravel(np.asarray(x))] for p in pending])  # (n, 2 cols)
                     pending.clear()
@@ -628,6 +699,9 @@ def _train(settings: Settings, metrics_dir: Path, plots_dir: Path) -> dict:
                 f"training ended diverged ({why}); models/final not written. Lower train.learning_rate "
                 f"or use train.on_divergence rollback; earlier checkpoints are in {ckpt_dir}"
             )
+        if finish:
+            mlflow.set_tag("autoswap.finished_early_at_step", end)
+            print(f"autoswap: finished at step {end} of {t.steps} (train --finish)")
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -645,16 +719,17 @@ def _train(settings: Settings, metrics_dir: Path, plots_dir: Path) -> dict:
         "model": settings.model.model_dump(mode="json"),
         "face_size": settings.data.face_size,
         "crop": t.crop,
-        "steps": t.steps,
+        "steps": end,
         "seed": settings.seed,
-        "mlflow_run_id": run_id,
-        "mlflow_tracking_uri": tracking.tracking_uri(),
     }
+    # the run id stays out of models/final (a DVC output: same training, same bytes, same hash);
+    # models/run.json, beside it and not tracked, ties these files to the run (tracking.model_run)
     M.save_final(final_dir, nets, meta)
+    tracking.write_model_run(final_dir, run_id, tracking.tracking_uri())
     mlflow.log_artifacts(str(final_dir), artifact_path="weights")
     _write_csv(plots_dir / "loss.csv", history)
     last = history[-1] if history else {"loss_a": float("nan"), "loss_b": float("nan")}
-    result = {"steps": t.steps, "loss_a": round(last["loss_a"], 6), "loss_b": round(last["loss_b"], 6)}
+    result = {"steps": end, "loss_a": round(last["loss_a"], 6), "loss_b": round(last["loss_b"], 6)}
     metrics_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(metrics_dir / "train.json", result)
     mlflow.log_artifact(str(plots_dir / "loss.csv"))
