@@ -10,10 +10,8 @@ afresh.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
-import io
 import json
 import math
 import os
@@ -27,7 +25,7 @@ import numpy as np
 from autoswap import __version__
 from autoswap.config import Settings, flatten
 from autoswap.errors import UserError
-from autoswap.files import atomic_write_json, atomic_write_text
+from autoswap.files import atomic_write_json
 
 # settings that change when and what is logged or saved but not the numbers a run computes
 # settings that change when and what is logged or saved but not the numbers a run computes; steps
@@ -35,7 +33,6 @@ from autoswap.files import atomic_write_json, atomic_write_text
 _NOT_IN_FINGERPRINT = {
     "log_every", "save_every", "keep_last", "backup_every", "preview_every", "models_dir", "steps", "on_more_steps",
 }
-LOSS_FIELDS = ["step", "loss_a", "loss_b", "learning_rate", "warp_stddev"]
 
 
 def fingerprint(settings: Settings, data_files: list[Path]) -> str:
@@ -182,21 +179,6 @@ def loss_jump(history: list[dict], info: dict, factor: float = 4.0) -> str | Non
         if best is not None and best > 0 and info[key] > factor * best:
             return f"{key} jumped to {info[key]:.4f}, {info[key] / best:.1f}x its lowest ({best:.4f})"
     return None
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=LOSS_FIELDS, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
-
-
-def _read_csv(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with path.open() as f:
-        return [{k: (int(v) if k == "step" else float(v)) for k, v in r.items()} for r in csv.DictReader(f)]
 
 
 def conv_as_matmul(t) -> bool:
@@ -369,7 +351,7 @@ def _train(settings: Settings, metrics_dir: Path, plots_dir: Path, finish: bool)
     from autoswap import tracking
     from autoswap.losses import needs_maps
     from autoswap.pipeline import BatchSpec, load_faces, load_maps, make_batch, stretched, warp_stddev
-    from autoswap.preview import preview_grid
+    from autoswap.report import LOSS_FIELDS, preview_grid, read_history, write_history
 
     t = settings.train
     faces_root = settings.data.faces_dir
@@ -480,7 +462,7 @@ def _train(settings: Settings, metrics_dir: Path, plots_dir: Path, finish: bool)
     if state and manager.checkpoints:
         path = restore_latest()
         if int(step_var.numpy()):
-            history = [r for r in _read_csv(history_file) if r["step"] <= int(step_var.numpy())]
+            history = [r for r in read_history(history_file) if r["step"] <= int(step_var.numpy())]
             print(f"autoswap: resuming from {path} at step {int(step_var.numpy())}")
     start = int(step_var.numpy())
     if finish and not start:
@@ -573,7 +555,7 @@ def _train(settings: Settings, metrics_dir: Path, plots_dir: Path, finish: bool)
         # TF writes checkpoint shards under temporary names and only then rewrites the
         # `checkpoint` index (atomically), so a save cut off half-way never becomes the latest
         try:
-            _write_csv(history_file, history)  # first: rows past the restored step are dropped on resume
+            write_history(history_file, history)  # first: rows past the restored step are dropped on resume
             manager.save(checkpoint_number=step)
             if step % t.backup_every == 0:
                 backups.save(checkpoint_number=step)
@@ -727,7 +709,7 @@ def _train(settings: Settings, metrics_dir: Path, plots_dir: Path, finish: bool)
     M.save_final(final_dir, nets, meta)
     tracking.write_model_run(final_dir, run_id, tracking.tracking_uri())
     mlflow.log_artifacts(str(final_dir), artifact_path="weights")
-    _write_csv(plots_dir / "loss.csv", history)
+    write_history(plots_dir / "loss.csv", history)
     last = history[-1] if history else {"loss_a": float("nan"), "loss_b": float("nan")}
     result = {"steps": end, "loss_a": round(last["loss_a"], 6), "loss_b": round(last["loss_b"], 6)}
     metrics_dir.mkdir(parents=True, exist_ok=True)
