@@ -28,8 +28,9 @@ def anatomy(params: Path, lr: float, steps: int, clip: float | None) -> list[dic
     from autoswap import config
     from autoswap import model as M
     from autoswap.losses import make_loss, needs_maps, region_weight
+    from autoswap.optim import LRSchedule, make_optimizer
     from autoswap.pipeline import BatchSpec, load_faces, load_maps
-    from autoswap.train import LRSchedule, make_dataset, make_optimizer
+    from autoswap.train import make_dataset
 
     s = config.load(params)
     t = s.train.model_copy(update={"learning_rate": lr, "clip_grad_norm": None})

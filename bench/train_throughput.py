@@ -174,7 +174,8 @@ class Ours:
         import tensorflow as tf
 
         from autoswap import model as M
-        from autoswap.train import LRSchedule, conv_as_matmul, make_forward_backward, make_optimizer
+        from autoswap.optim import LRSchedule, make_optimizer
+        from autoswap.train import conv_as_matmul, make_forward_backward
 
         self.name, self.settings = name, settings
         t = settings.train

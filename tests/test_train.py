@@ -7,6 +7,7 @@ import pytest
 from conftest import tiny_raw
 from PIL import Image
 
+from autoswap import optim as O
 from autoswap import train as T
 from autoswap.config import parse
 from autoswap.errors import UserError
@@ -122,12 +123,12 @@ def test_checkpoints_keep_last_and_backups(tmp_path, faces, mlflow_store):
 def test_lr_schedules():
     from autoswap.config import LRScheduleSettings
 
-    cos = T.LRSchedule(LRScheduleSettings(kind="cosine", min_ratio=0.1), 1e-3, 101)
+    cos = O.LRSchedule(LRScheduleSettings(kind="cosine", min_ratio=0.1), 1e-3, 101)
     assert float(cos(0)) == pytest.approx(1e-3) and float(cos(100)) == pytest.approx(1e-4)
     assert float(cos(50)) == pytest.approx(0.55e-3, rel=1e-4)
-    step = T.LRSchedule(LRScheduleSettings(kind="step", step_every=10, step_gamma=0.5), 1e-3, 100)
+    step = O.LRSchedule(LRScheduleSettings(kind="step", step_every=10, step_gamma=0.5), 1e-3, 100)
     assert float(step(9)) == pytest.approx(1e-3) and float(step(10)) == pytest.approx(5e-4)
-    warm = T.LRSchedule(LRScheduleSettings(warmup_steps=4), 1e-3, 100)
+    warm = O.LRSchedule(LRScheduleSettings(warmup_steps=4), 1e-3, 100)
     assert float(warm(0)) == pytest.approx(2.5e-4) and float(warm(10)) == pytest.approx(1e-3)
 
 
@@ -221,7 +222,7 @@ def test_forward_backward_splits_the_maps_off_the_target(tmp_path):
     s = parse(tiny_raw(tmp_path, train={"loss": MAPS_LOSS}))
     keras.utils.set_random_seed(0)
     nets = M.build(s.model)
-    step = T.make_forward_backward(nets, T.make_optimizer(s.train, 1e-3), s.train.loss)
+    step = T.make_forward_backward(nets, O.make_optimizer(s.train, 1e-3), s.train.loss)
     rng = np.random.default_rng(0)
     w = tf.constant(rng.random((2, 32, 32, 3)), tf.float32)
     rgb = tf.constant(rng.random((2, 32, 32, 3)), tf.float32)
@@ -309,7 +310,7 @@ def test_fused_adam_is_keras_adam(tmp_path, jit):
     grads = [[tf.constant(rng.normal(size=x.shape).astype(np.float32)) for x in init] for _ in range(5)]
     lr = keras.optimizers.schedules.ExponentialDecay(1e-2, 1, 0.7)  # a new rate every step
     runs = []
-    for opt in (T.make_optimizer(s.train, lr), keras.optimizers.Adam(lr, beta_1=0.5, beta_2=0.99)):
+    for opt in (O.make_optimizer(s.train, lr), keras.optimizers.Adam(lr, beta_1=0.5, beta_2=0.99)):
         vs = [keras.Variable(x, name=f"w{j}") for j, x in enumerate(init)]
         opt.build(vs)
         apply = compiled_apply(opt, vs, jit)
@@ -438,7 +439,7 @@ def test_clip_grad_norm_caps_the_gradient_before_adam(tmp_path):
 
     s = parse(tiny_raw(tmp_path, train={"clip_grad_norm": 1.0, "beta_1": 0.5}))
     v = tf.Variable(tf.zeros([4]))
-    opt = T.make_optimizer(s.train, 1e-3)
+    opt = O.make_optimizer(s.train, 1e-3)
     opt.build([v])
     opt.apply_gradients([(tf.constant([30.0, 40.0, 0.0, 0.0]), v)])  # norm 50
     m = opt._momentums[0].numpy()
@@ -543,7 +544,7 @@ def test_a_schedule_that_depends_on_the_total_restarts_or_stretches_as_asked(
     rows = {int(r["step"]): float(r["learning_rate"]) for r in csv.DictReader((other / "plots" / "loss.csv").open())}
     from autoswap.config import LRScheduleSettings
 
-    eight = T.LRSchedule(LRScheduleSettings(kind="cosine", min_ratio=0.1), 1e-3, 8)
+    eight = O.LRSchedule(LRScheduleSettings(kind="cosine", min_ratio=0.1), 1e-3, 8)
     assert rows[2] == pytest.approx(float(eight(1)), rel=1e-6)  # before the stretch: the 8-step run's
     assert rows[10] == pytest.approx(float(eight(4 + (9 - 4) * 3 / 11)), rel=1e-5)  # logged at 10: step 9
     assert rows[16] == pytest.approx(1e-4, rel=1e-5)  # the schedule's end at the new last step
@@ -605,7 +606,6 @@ def test_final_model_holds_no_run_so_two_trainings_give_the_same_bytes(tmp_path,
     hash, the same dvc.lock). The MLflow run is in models/run.json, which evaluate follows to log to
     the training's run; a folder away from its run.json, or since replaced, is logged nowhere."""
     import shutil
-
     from pathlib import Path
 
     from autoswap.evaluate import evaluate
@@ -650,3 +650,19 @@ def test_final_model_holds_no_run_so_two_trainings_give_the_same_bytes(tmp_path,
     with open(copy / "decoder_b.weights.h5", "ab") as f:
         f.write(b"\0")
     assert model_run(copy) is None
+
+
+def test_an_older_set_aside_checkpoint_folder_is_kept_never_deleted(tmp_path, faces, mlflow_store, capsys):
+    """Setting checkpoints aside when their name is already taken used to delete the older folder."""
+    run(tmp_path, data={"faces_dir": str(faces)})
+    models = tmp_path / "models"
+    fp = json.loads((models / "checkpoints" / "state.json").read_text())["fingerprint"]
+    older = models / f"checkpoints.stale-{fp}"  # set aside by an earlier change with these settings
+    older.mkdir()
+    (older / "notes.txt").write_text("an older run")
+    capsys.readouterr()
+    run(tmp_path, data={"faces_dir": str(faces)}, train={"learning_rate": 2.0e-3})
+    assert (older / "notes.txt").read_text() == "an older run"
+    aside = models / f"checkpoints.stale-{fp}-2"
+    assert json.loads((aside / "state.json").read_text())["fingerprint"] == fp
+    assert f"set it aside as {aside}" in capsys.readouterr().out

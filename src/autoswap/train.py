@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import sys
 import time
@@ -29,7 +28,7 @@ from autoswap.files import atomic_write_json
 
 # settings that change when and what is logged or saved but not the numbers a run computes
 # settings that change when and what is logged or saved but not the numbers a run computes; steps
-# is kept in state.json instead: a run that only gets longer goes on (see `total_dependent`)
+# is kept in state.json instead: a run that only gets longer goes on (see optim.total_dependent)
 _NOT_IN_FINGERPRINT = {
     "log_every", "save_every", "keep_last", "backup_every", "preview_every", "models_dir", "steps", "on_more_steps",
 }
@@ -45,55 +44,6 @@ def fingerprint(settings: Settings, data_files: list[Path]) -> str:
         "data": [(p.name, p.stat().st_size) for p in data_files],
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
-
-
-class LRSchedule:
-    """constant, cosine (to min_ratio at the last step) or step (x gamma every step_every), with
-    optional linear warm-up, times `scale` (a variable: rollbacks lower it). A keras
-    LearningRateSchedule so the optimizer evaluates it in-graph. `.stretch` (see `stretched`) is
-    set before the first step when a finished run is lengthened."""
-
-    def __new__(cls, cfg, base_lr: float, steps: int, scale=None):
-        import keras
-        import tensorflow as tf
-
-        from autoswap.pipeline import stretched
-
-        class _Schedule(keras.optimizers.schedules.LearningRateSchedule):
-            stretch, total = None, steps
-
-            def __call__(self, step):
-                step = tf.cast(step, tf.float32)
-                lr = tf.constant(base_lr, tf.float32)
-                if cfg.kind == "cosine":
-                    at = stretched(step, self.stretch)
-                    span = max(1, self.total - 1 - cfg.warmup_steps)
-                    t = tf.clip_by_value((at - cfg.warmup_steps) / span, 0.0, 1.0)
-                    lr = lr * (cfg.min_ratio + (1 - cfg.min_ratio) * 0.5 * (1 + tf.cos(math.pi * t)))
-                elif cfg.kind == "step":
-                    lr = lr * tf.pow(cfg.step_gamma, tf.floor(step / cfg.step_every))
-                if cfg.warmup_steps:
-                    lr = lr * tf.minimum(1.0, (step + 1) / cfg.warmup_steps)
-                if scale is not None:  # lowered by each rollback after a divergence
-                    lr = lr * tf.cast(scale, tf.float32)
-                return lr
-
-            def get_config(self):
-                return {}
-
-        return _Schedule()
-
-
-def total_dependent(t) -> list[str]:
-    """The schedules whose shape depends on train.steps: a longer run cannot just go on with them.
-    A constant or step learning rate (with or without warm-up) and a constant or off_after warp
-    do not depend on it."""
-    out = []
-    if t.lr_schedule.kind == "cosine":
-        out.append("the cosine learning-rate schedule")
-    if t.warp.schedule == "linear":
-        out.append("the linear warp schedule")
-    return out
 
 
 def mae_loss(y_true, y_pred):
@@ -188,44 +138,6 @@ def conv_as_matmul(t) -> bool:
 
         return not tf.config.list_physical_devices("GPU")
     return t.conv_as_matmul
-
-
-def make_optimizer(t, schedule):
-    """Adam with the seed's defaults (5e-5, beta_1 0.5) as train.* sets them."""
-    import keras
-    import tensorflow as tf
-
-    class FusedAdam(keras.optimizers.Adam):
-        """keras.optimizers.Adam, each variable updated by TensorFlow's fused ResourceApplyAdam
-        kernel: the same formula in the same order (to a float rounding), but three passes over
-        the weights and moments instead of about a dozen. Why: the step's Adam update (82 M
-        weights at the seed's size) was 8% of a CPU step; fused it takes 0.31x the time. Keras'
-        own update under a tf.distribute strategy, where the variables are per-replica."""
-
-        def update_step(self, gradient, variable, learning_rate):
-            if tf.distribute.has_strategy() or self.amsgrad or not hasattr(variable, "handle"):
-                return super().update_step(gradient, variable, learning_rate)
-            dt = variable.dtype
-            step = tf.cast(self.iterations + 1, dt)
-            i = self._get_variable_index(variable)
-            beta_1, beta_2 = tf.cast(self.beta_1, dt), tf.cast(self.beta_2, dt)
-            tf.raw_ops.ResourceApplyAdam(
-                var=variable.handle,
-                m=self._momentums[i].value.handle,
-                v=self._velocities[i].value.handle,
-                beta1_power=tf.pow(beta_1, step),
-                beta2_power=tf.pow(beta_2, step),
-                lr=tf.cast(learning_rate, dt),
-                beta1=beta_1,
-                beta2=beta_2,
-                epsilon=tf.cast(self.epsilon, dt),
-                grad=tf.cast(gradient, dt),
-            )
-
-    # named as keras names its Adam: the same variable paths (and checkpoints) as before
-    return FusedAdam(
-        learning_rate=schedule, beta_1=t.beta_1, beta_2=t.beta_2, global_clipnorm=t.clip_grad_norm, name="adam"
-    )
 
 
 def make_forward_backward(nets, optimizer, loss_settings, replicas: int = 1):
@@ -350,6 +262,7 @@ def _train(settings: Settings, metrics_dir: Path, plots_dir: Path, finish: bool)
     from autoswap import model as M
     from autoswap import tracking
     from autoswap.losses import needs_maps
+    from autoswap.optim import LRSchedule, make_optimizer, total_dependent
     from autoswap.pipeline import BatchSpec, load_faces, load_maps, make_batch, stretched, warp_stddev
     from autoswap.report import LOSS_FIELDS, preview_grid, read_history, write_history
 
