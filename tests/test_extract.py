@@ -47,6 +47,7 @@ from autoswap.extract import (
     turn,
     turn_back,
 )
+from autoswap.files import MARKER
 from autoswap.images import load_rgb
 from autoswap.video import BadVideo
 
@@ -595,7 +596,7 @@ def test_bad_inputs_are_skipped_and_reported(hopper, tmp_path):
     assert row["source"] == (raw / "good.jpg").as_posix() and row["kind"] == "image"
     assert row["frame"] == 0 and row["time_s"] is None
     assert (out / f"{row['crop']}.png").is_file() and (out / "masks" / f"{row['crop']}.png").is_file()
-    assert sorted(p.name for p in out.iterdir()) == sorted([f"{row['crop']}.png", "masks", MANIFEST])
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{row['crop']}.png", "masks", MANIFEST, MARKER])
 
 
 def test_nothing_usable_is_a_clear_error(tmp_path):
@@ -658,3 +659,60 @@ def test_bad_video_errors(tmp_path):
     with pytest.raises(BadVideo) as e:
         list(iter_video_frames(tmp_path / "junk.mov"))
     assert e.value.reason == "unreadable"
+
+
+# ----------------------------------------------------------------------------- what extract may delete
+def test_force_removes_only_what_its_own_manifest_lists_inside_out(hopper, tmp_path, monkeypatch, capsys):
+    from autoswap.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    raw = tmp_path / "in"
+    raw.mkdir()
+    Image.fromarray(hopper).save(raw / "h.png")
+
+    def extract(out, *flags):
+        rc = main(["extract", str(raw), "--out", str(out), *flags])
+        return rc, capsys.readouterr().err
+
+    # a folder of the user's with another tool's manifest.jsonl naming their photo: never touched
+    album = tmp_path / "album"
+    album.mkdir()
+    (album / "IMG_1.png").write_bytes(b"my photo")
+    (album / MANIFEST).write_text(json.dumps({"crop": "IMG_1"}) + "\n")
+    before = _snapshot(album)
+    rc, err = extract(album, "--force")
+    assert rc == 1 and err == (f"autoswap: --out: {album} is not empty and not written by autoswap; "
+                               "move its files or choose another folder\n")
+    with pytest.raises(UserError, match=r"manifest\.jsonl: not written by `autoswap extract`"):
+        extract_to_dir([raw], album, CFG, SIZE, progress=False)
+    assert _snapshot(album) == before
+
+    # inside data/raw, or the project itself: refused before anything is written
+    rc, err = extract(Path("data/raw/a/faces"))
+    assert rc == 1 and err.startswith("autoswap: --out: data/raw/a/faces is, holds or lies inside data/raw (an input)")
+    rc, err = extract(Path("."), "--force")
+    assert rc == 1 and "is or holds the project root" in err
+    assert not (tmp_path / "data").exists()
+
+    # its own folder: --force replaces the faces its manifest lists, and nothing else
+    out = tmp_path / "faces"
+    assert extract(out)[0] == 0
+    (crop,) = [r["crop"] for r in _rows(out)]
+    (out / "notes.md").write_text("mine")
+    assert extract(out)[1].startswith(f"autoswap: {out}: not empty; choose an empty folder or pass --force")
+    (out / f"{crop}.png").write_bytes(b"old crop")
+    assert extract(out, "--force")[0] == 0
+    assert (out / f"{crop}.png").read_bytes() != b"old crop" and (out / "notes.md").read_text() == "mine"
+    # a masks link out of --out is neither followed to delete nor to write
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / f"{crop}.png").write_bytes(b"someone else's")
+    for p in (out / "masks").iterdir():
+        p.unlink()
+    (out / "masks").rmdir()
+    (out / "masks").symlink_to(elsewhere, target_is_directory=True)
+    rc, err = extract(out, "--force")
+    assert rc == 1 and "masks: a link to another folder" in err
+    assert (elsewhere / f"{crop}.png").read_bytes() == b"someone else's"

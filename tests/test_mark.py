@@ -5,6 +5,8 @@ Swapped outputs end to end are in test_swap.py."""
 from __future__ import annotations
 
 import io
+import multiprocessing
+import os
 import stat
 from pathlib import Path
 
@@ -142,6 +144,50 @@ def test_registry_maps_ids_to_runs(tmp_path):
     assert M.lookup_registry(tmp_path)["12345678"]["mlflow_run_id"] == "run1"
 
 
+def _register_many(folder: str, ids: list[int], start) -> None:
+    start.wait()
+    for i in ids:
+        M.register_id(Path(folder), i, {"mlflow_run_id": f"run{i}"}, Path(folder) / "model")
+
+
+def _spawn(target, jobs: list[tuple]) -> None:
+    """Run target(*args, start) in one real process per job, all released at once."""
+    ctx = multiprocessing.get_context("spawn")  # not fork: the test process may hold TF's threads
+    start = ctx.Event()
+    procs = [ctx.Process(target=target, args=(*args, start)) for args in jobs]
+    for p in procs:
+        p.start()
+    start.set()
+    for p in procs:
+        p.join(120)
+        if p.is_alive():
+            p.kill()
+            p.join()
+    assert [p.exitcode for p in procs] == [0] * len(procs)
+
+
+def test_registry_loses_no_id_when_swaps_run_at_once(tmp_path):
+    """Two processes registering 40 IDs each at the same time: all 80 are kept (read-modify-write
+    under a lock), nothing is left behind but the registry and its lock file."""
+    ids = [list(range(1000, 1040)), list(range(2000, 2040))]
+    _spawn(_register_many, [(str(tmp_path), part) for part in ids])
+    reg = M.lookup_registry(tmp_path)
+    assert sorted(reg) == sorted(f"{i:08x}" for part in ids for i in part)
+    assert reg[f"{2039:08x}"]["mlflow_run_id"] == "run2039"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["watermark_ids.json", "watermark_ids.json.lock"]
+
+
+@pytest.mark.parametrize("junk", [b'{"12345678": {"mlflow_run_id": "run1"}', b"[1, 2]", b"\xff\xfe"])
+def test_corrupt_registry_is_kept_aside_not_overwritten(junk, tmp_path, capsys):
+    (tmp_path / "watermark_ids.json").write_bytes(junk)
+    M.register_id(tmp_path, 0xABCDEF01, {"mlflow_run_id": "run2"}, tmp_path / "model")
+    aside = list(tmp_path.glob("watermark_ids.json.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == junk
+    assert list(M.lookup_registry(tmp_path)) == ["abcdef01"]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a valid watermark ID registry" in err and aside[0].name in err
+
+
 # ----------------------------------------------------------------------------- metadata
 @pytest.mark.parametrize("suffix", [".jpg", ".png", ".webp", ".tif"])
 def test_statement_in_every_image_format(suffix, hopper, tmp_path):
@@ -197,6 +243,102 @@ def test_c2pa_manifest_with_a_locally_made_signer(marker, hopper, tmp_path):
     assert (folder / "c2pa-signer-chain.pem").read_bytes() == chain
     # nothing but the output was left next to it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config", "in.png", "model", "out.png"]
+
+
+def _load_signer(folder: str, out: str, start) -> None:
+    start.wait()
+    s = M.C2paSigner.load(Path(folder))
+    Path(out).write_bytes(s.private_key + b"\n--\n" + s.cert_chain)
+
+
+def test_signers_made_at_once_match_their_chain(tmp_path):
+    """Six first runs at once: each process gets, and the folder ends with, a key that belongs
+    to the chain's leaf certificate."""
+    folder = tmp_path / "keys"
+    _spawn(_load_signer, [(str(folder), str(tmp_path / f"got{i}")) for i in range(6)])
+    key, chain = (folder / "c2pa-signer.key").read_bytes(), (folder / "c2pa-signer-chain.pem").read_bytes()
+    assert M._key_matches_chain(key, chain)
+    assert stat.S_IMODE((folder / "c2pa-signer.key").stat().st_mode) == 0o600
+    for i in range(6):
+        got_key, got_chain = (tmp_path / f"got{i}").read_bytes().split(b"\n--\n")
+        assert M._key_matches_chain(got_key, got_chain), f"process {i} got a key and chain that do not match"
+        assert (got_key, got_chain) == (key, chain), i  # the first one made it, the others read it
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "c2pa-ca.pem", "c2pa-signer-chain.pem", "c2pa-signer.key", "c2pa-signer.lock"]
+    M.C2paSigner.load(folder).signer()  # c2pa accepts the pair
+
+
+def test_new_signer_key_is_private_from_the_start(tmp_path, monkeypatch):
+    made = []
+    real_open = os.open
+
+    def watch(path, flags, mode=0o777, **kw):
+        if "c2pa-signer.key" in Path(path).name and flags & os.O_CREAT:
+            made.append(mode)
+        return real_open(path, flags, mode, **kw)
+
+    monkeypatch.setattr(M.os, "open", watch)
+    old = os.umask(0)
+    try:
+        M.C2paSigner.load(tmp_path)
+    finally:
+        os.umask(old)
+    assert made == [0o600]  # created 0600 (even with umask 0), not made first and chmod-ed later
+    assert stat.S_IMODE((tmp_path / "c2pa-signer.key").stat().st_mode) == 0o600
+
+
+def test_a_private_key_open_to_others_is_refused_or_fixed(tmp_path, capsys):
+    own = tmp_path / "own"
+    M._make_local_signer(own)
+    key, cert = own / "c2pa-signer.key", own / "c2pa-signer-chain.pem"
+    key.chmod(0o644)
+    # your own key (swap.signer_key): refused, with the command that fixes it
+    with pytest.raises(M.UserError) as e:
+        M.C2paSigner.load(tmp_path / "unused", cert, key)
+    msg = str(e.value)
+    assert "\n" not in msg and str(key) in msg and f"chmod 600 {key}" in msg and "0644" in msg
+    assert stat.S_IMODE(key.stat().st_mode) == 0o644  # left as it is: it is yours
+    # the key autoswap made: set back to 0600, with a one-line warning
+    signer = M.C2paSigner.load(own)
+    assert signer.local and stat.S_IMODE(key.stat().st_mode) == 0o600
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(key) in err and "0600" in err
+    M.C2paSigner.load(own)
+    assert capsys.readouterr().err == ""
+
+
+def test_a_local_key_that_does_not_match_its_chain_is_replaced(tmp_path, capsys):
+    """What two first runs at once could leave before the lock: a key from one, the chain from
+    the other. The next run makes a new pair rather than failing to sign forever."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    M._make_local_signer(a)
+    M._make_local_signer(b)
+    os.replace(b / "c2pa-signer.key", a / "c2pa-signer.key")
+    signer = M.C2paSigner.load(a)
+    assert M._key_matches_chain(signer.private_key, signer.cert_chain)
+    assert M._key_matches_chain((a / "c2pa-signer.key").read_bytes(), (a / "c2pa-signer-chain.pem").read_bytes())
+    assert "does not match" in capsys.readouterr().err
+
+
+def test_unmarked_copy_appears_only_complete(tmp_path, monkeypatch):
+    """A copy that fails half-way (a full disk) leaves the old output as it was and no partial
+    file, under OUTPUT's name or any other."""
+    src, dst = tmp_path / "in.jpg", tmp_path / "out" / "in.jpg"
+    src.write_bytes(os.urandom(5000))
+    dst.parent.mkdir()
+    dst.write_bytes(b"the previous output")
+
+    def full_disk(a, b, **kw):
+        Path(b).write_bytes(Path(a).read_bytes()[:100])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(M.shutil, "copyfile", full_disk)
+    with pytest.raises(OSError):
+        M.copy_unmarked(src, dst)
+    assert dst.read_bytes() == b"the previous output" and os.listdir(dst.parent) == ["in.jpg"]
+    monkeypatch.undo()
+    M.copy_unmarked(src, dst)
+    assert dst.read_bytes() == src.read_bytes() and os.listdir(dst.parent) == ["in.jpg"]
 
 
 def test_c2pa_with_your_own_certificate(tmp_path, hopper):

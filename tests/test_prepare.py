@@ -72,7 +72,7 @@ def test_missing_folder_and_overlapping_output(tmp_path):
         prepare(settings(tmp_path), metrics_dir=tmp_path / "metrics")
     make_raw(tmp_path / "raw/a", 5)
     make_raw(tmp_path / "raw/b", 5)
-    with pytest.raises(UserError, match="overlaps"):
+    with pytest.raises(UserError, match=r"data\.faces_dir': .*raw is, holds or lies inside .*raw/a \(an input\)"):
         prepare(settings(tmp_path, faces_dir=str(tmp_path / "raw")), metrics_dir=tmp_path / "metrics")
     assert len(list((tmp_path / "raw/a").iterdir())) == 5
 
@@ -162,3 +162,38 @@ def test_raw_photos_are_extracted_aligned_and_split(tmp_path):
         written = np.stack([np.asarray(Image.open(m)) for m in masks])
         assert (maps[..., 0] != written).mean() < 0.01
     assert report["persons"]["a"]["dropped"]["unreadable"] == 1
+
+
+# ----------------------------------------------------------------------------- what prepare may delete
+def test_faces_dir_holding_the_raw_data_is_refused_and_nothing_deleted(tmp_path, monkeypatch):
+    """`data.faces_dir: data` once deleted the whole data/ folder, data/raw with it, and exited 0."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    make_raw(tmp_path / "data/raw/a", 2)
+    before = tree_digest(tmp_path / "data")
+    for faces_dir, why in (("data", "data is, holds or lies inside data/raw (an input)"),
+                           ("data/raw/a/faces", "data/raw/a/faces is, holds or lies inside data/raw (an input)"),
+                           (".", ". is or holds the project root")):
+        with pytest.raises(UserError) as e:
+            prepare(parse(tiny_raw(tmp_path, data={"faces_dir": faces_dir})), metrics_dir=tmp_path / "metrics")
+        assert str(e.value).startswith(f"params.yaml: key 'data.faces_dir': {why}")
+        assert tree_digest(tmp_path / "data") == before
+    assert not (tmp_path / "metrics").exists()
+
+
+def test_faces_dir_not_written_by_prepare_is_refused_not_emptied(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    with pytest.raises(UserError, match=r"mine is not empty and not written by autoswap; move its files"):
+        prepare(parse(tiny_raw(tmp_path, data={"faces_dir": str(mine)})), metrics_dir=tmp_path / "metrics")
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    # its own folder (marked) is emptied and rewritten on the next run, as `dvc repro` needs
+    prepare(parse(tiny_raw(tmp_path)), metrics_dir=tmp_path / "metrics")
+    faces = tmp_path / "faces"
+    assert (faces / ".autoswap-output").read_text().splitlines()[0] == "prepare"
+    (faces / "a/train/stale.png").write_bytes(b"a face from an older run")
+    prepare(parse(tiny_raw(tmp_path)), metrics_dir=tmp_path / "metrics")
+    assert not (faces / "a/train/stale.png").exists()
+    assert len(list((faces / "a/train").glob("*.png"))) == 24
+    assert sorted(p.name for p in faces.iterdir()) == [".autoswap-output", "a", "b", "contact_sheet.png"]

@@ -22,6 +22,7 @@ from PIL import Image
 from test_train import random_faces
 
 from autoswap import mark as M
+from autoswap import tracking
 from autoswap.align import align, apply_affine, face_mask, invert_affine
 from autoswap.cli import main
 from autoswap.config import parse
@@ -30,6 +31,7 @@ from autoswap.swap import (
     LandmarkSmoother,
     Swapper,
     swap_demo,
+    tag_watermark_id,
 )
 from autoswap.video import iter_video_frames
 
@@ -57,6 +59,12 @@ def model_dir(env) -> Path:
     s = parse(tiny_raw(env, data={"faces_dir": str(env / "faces")}, train={"steps": 2, "batch_size": 2}))
     train(s, metrics_dir=env / "metrics", plots_dir=env / "plots")
     return env / "models" / "final"
+
+
+def model_meta(model_dir: Path) -> dict:
+    """The model's MLflow run, as swap sees it (tracking.model_run: models/run.json)."""
+    run_id, uri = tracking.model_run(model_dir)
+    return {"mlflow_run_id": run_id, "mlflow_tracking_uri": uri}
 
 
 @pytest.fixture(scope="module")
@@ -202,15 +210,14 @@ def test_swap_photo_cli_marks_and_verify(fmt, params, model_dir, hopper, tmp_pat
         assert im.size == (hopper.shape[1], hopper.shape[0]) and im.format == {"jpg": "JPEG", "png": "PNG"}[fmt]
     assert "swapped 1 face(s)" in capsys.readouterr().out
 
-    wm = M.watermark_id(json.loads((model_dir / "model.json").read_text()))
+    wm = M.watermark_id(model_meta(model_dir))
     assert main(["--params", str(params), "verify", "--json", str(out)]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["metadata"]["found"] and r["metadata"]["watermark_id"] == f"{wm:08x}"
     assert r["c2pa"]["state"] == "Valid" and r["c2pa"]["untrusted"]
     assert r["c2pa"]["actions"] == ["c2pa.opened", "c2pa.edited"]
     assert r["watermark"]["id"] == f"{wm:08x}"
-    meta = json.loads((model_dir / "model.json").read_text())
-    assert r["watermark"]["mlflow_run_id"] == meta["mlflow_run_id"]  # via the ID registry
+    assert r["watermark"]["mlflow_run_id"] == model_meta(model_dir)["mlflow_run_id"]  # via the ID registry
 
     # the watermark after a JPEG re-encode at q75 (PIL's default 4:2:0) and a 0.5x resize
     pixels = np.asarray(Image.open(out).convert("RGB"))
@@ -221,6 +228,25 @@ def test_swap_photo_cli_marks_and_verify(fmt, params, model_dir, hopper, tmp_pat
         bits, slots = M.bit_accuracy(reading, wm)
         assert reading.found and reading.id == wm, name
         assert bits == 1.0 and slots > {"fresh": 0.97, "jpeg75": 0.85, "half": 0.8}[name], (name, slots)
+
+
+def test_swap_tags_the_models_mlflow_run_with_the_watermark_id(params, model_dir, hopper_jpg, tmp_path):
+    """`autoswap swap` (not only the demo stage) sets autoswap.watermark_id on the run that made
+    the model, in the store models/run.json names."""
+    meta = model_meta(model_dir)
+    client = mlflow.MlflowClient(meta["mlflow_tracking_uri"])
+    if "autoswap.watermark_id" in client.get_run(meta["mlflow_run_id"]).data.tags:
+        client.delete_tag(meta["mlflow_run_id"], "autoswap.watermark_id")  # set by an earlier test
+    assert swap_cli(params, hopper_jpg, tmp_path / "out.jpg") == 0
+    tags = client.get_run(meta["mlflow_run_id"]).data.tags
+    assert tags["autoswap.watermark_id"] == f"{M.watermark_id(meta):08x}"
+
+
+def test_no_mlflow_store_means_no_tag_and_no_new_store(tmp_path):
+    gone = tmp_path / "moved" / "mlflow.db"
+    assert not tag_watermark_id({"mlflow_run_id": "abc", "mlflow_tracking_uri": f"sqlite:///{gone}"}, 1)
+    assert not tag_watermark_id({"mlflow_run_id": None}, 1)
+    assert not (tmp_path / "moved").exists()
 
 
 def _jpeg(a: np.ndarray, path: Path) -> Path:
@@ -365,7 +391,7 @@ def test_swap_video_keeps_timing_audio_and_faceless_frames(params, model_dir, ho
 
     assert main(["--params", str(params), "verify", "--json", str(out)]) == 0
     r = json.loads(capsys.readouterr().out)
-    wm = M.watermark_id(json.loads((model_dir / "model.json").read_text()))
+    wm = M.watermark_id(model_meta(model_dir))
     assert r["metadata"]["found"] and r["metadata"]["where"] == ["container tags"]
     assert r["c2pa"]["state"] == "Valid" and r["c2pa"]["actions"] == ["c2pa.opened", "c2pa.edited"]
     assert r["watermark"]["id"] == f"{wm:08x}"
@@ -388,14 +414,61 @@ def test_demo_stage_swaps_verifies_and_logs(settings, model_dir, env, tmp_path):
         update={"input_dir": tmp_path / "demo", "out_dir": tmp_path / "swaps", "frames": 8})})})
     r = swap_demo(s, progress=False)
     files = sorted(p.name for p in (tmp_path / "swaps").iterdir())
-    assert files == ["grace_hopper.jpg", "grace_hopper_clip.mp4", "verify.json"]
+    assert files == [".autoswap-output", "grace_hopper.jpg", "grace_hopper_clip.mp4", "verify.json"]
     for name, check in r["verify"].items():
         assert check["watermark"]["found"] and check["c2pa"]["found"] and check["metadata"]["found"], name
     # the default crf 18: the video's ID read from its frames together
     video = r["verify"]["grace_hopper_clip.mp4"]["watermark"]
     assert video["id"] == r["watermark_id"] and video["frames"]["carrying_id"] >= 3
-    run_id = json.loads((model_dir / "model.json").read_text())["mlflow_run_id"]
+    run_id = model_meta(model_dir)["mlflow_run_id"]
     client = mlflow.MlflowClient()
     arts = {a.path for a in client.list_artifacts(run_id, "swaps")}
     assert {"swaps/grace_hopper.jpg", "swaps/grace_hopper_clip.mp4", "swaps/verify.json"} <= arts
     assert client.get_run(run_id).data.tags["autoswap.watermark_id"] == r["watermark_id"]
+
+
+def _demo_settings(settings, **demo):
+    return settings.model_copy(update={"swap": settings.swap.model_copy(update={
+        "demo": settings.swap.demo.model_copy(update=demo)})})
+
+
+def test_demo_stage_looks_for_the_model_before_it_touches_a_folder(tmp_path):
+    """With no model it once deleted swap.demo.out_dir first (the user's photos there), then failed."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "me.jpg").write_bytes(b"a photo")
+    s = parse({"swap": {"model": str(tmp_path / "no_model"), "key_dir": str(tmp_path / "keys"),
+                        "demo": {"input_dir": str(tmp_path / "demo"), "out_dir": str(photos)}}})
+    from autoswap.errors import UserError
+
+    with pytest.raises(UserError, match=r"no_model: no such model folder"):
+        swap_demo(s, progress=False)
+    assert [p.name for p in photos.iterdir()] == ["me.jpg"] and (photos / "me.jpg").read_bytes() == b"a photo"
+    assert not (tmp_path / "demo").exists()
+
+
+def test_demo_stage_refuses_output_folders_it_did_not_write(settings, env, tmp_path, monkeypatch):
+    from autoswap.errors import UserError
+
+    monkeypatch.chdir(tmp_path)
+    raw = tmp_path / "data/raw/a"
+    raw.mkdir(parents=True)
+    (raw / "me.jpg").write_bytes(b"a photo")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    demo = tmp_path / "demo"
+    for out, msg in (("data/raw/a", "params.yaml: key 'swap.demo.out_dir': data/raw/a is, holds or lies inside "
+                                    "data/raw (an input); choose a folder of its own such as swaps"),
+                     (str(mine), f"params.yaml: key 'swap.demo.out_dir': {mine} is not empty and not written by "
+                                 "autoswap; move its files or choose another folder"),
+                     (str(demo / "out"), f"params.yaml: key 'swap.demo.out_dir': {demo / 'out'} is, holds or lies "
+                                         f"inside {demo} (an input)")):
+        with pytest.raises(UserError) as e:
+            swap_demo(_demo_settings(settings, input_dir=demo, out_dir=Path(out), frames=4), progress=False)
+        assert str(e.value).startswith(msg)
+    with pytest.raises(UserError, match=r"key 'swap.demo.input_dir': data/raw/a is, holds or lies inside data/raw"):
+        swap_demo(_demo_settings(settings, input_dir=Path("data/raw/a"), out_dir=tmp_path / "swaps"), progress=False)
+    assert [p.name for p in raw.iterdir()] == ["me.jpg"] and (raw / "me.jpg").read_bytes() == b"a photo"
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    assert not demo.exists() and not (tmp_path / "swaps").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from autoswap.errors import UserError
+from autoswap.files import atomic_path
 
 # (MLflow param, column)
 PARAMS = (
@@ -148,14 +149,11 @@ def plot(rows: list[dict], out: Path, histories: dict[str, dict[str, list[tuple[
         tick.set_color(colours(i % colours.N))  # the run's colour in the loss curves
     fig.tight_layout()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
     try:
-        fig.savefig(tmp)
-        tmp.replace(out)
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, format="png")  # a PNG whatever the name ends with
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return out
 
 

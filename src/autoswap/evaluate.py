@@ -155,7 +155,8 @@ def evaluate(settings: Settings, model_dir: Path = Path("models/final"), metrics
     metrics_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(metrics_dir / "eval.json", result)
 
-    tracking.setup(settings.tracking.experiment)
-    with mlflow.start_run(run_id=meta["mlflow_run_id"]):
-        mlflow.log_metrics({f"eval.{s}.{k}": v for s, m in result.items() for k, v in m.items()})
+    if run := tracking.model_run(model_dir):  # a model without its run (copied elsewhere): not logged
+        tracking.setup(settings.tracking.experiment)
+        with mlflow.start_run(run_id=run[0]):
+            mlflow.log_metrics({f"eval.{s}.{k}": v for s, m in result.items() for k, v in m.items()})
     return result

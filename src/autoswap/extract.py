@@ -46,6 +46,7 @@ from autoswap.align import (
 )
 from autoswap.config import ExtractSettings
 from autoswap.errors import UserError
+from autoswap.files import MARKER, atomic_write_text, check_output_dir, mark_output_dir, output_owner
 from autoswap.images import IMAGE_SUFFIXES, BadImage, load_rgb
 from autoswap.video import VIDEO_SUFFIXES, BadVideo, VideoFrame, iter_video_frames, probe_frames
 
@@ -429,19 +430,26 @@ def _floats(a: np.ndarray, nd: int = 4) -> list:
 
 
 def _remove_previous(out_dir: Path) -> None:
-    """Delete the crops and masks listed in a previous run's manifest (and nothing else)."""
+    """Delete the crops and masks listed in a previous run's manifest (and nothing else), only
+    when that manifest is extract's own (out_dir carries extract's MARKER) and only inside
+    out_dir (a `masks` link to another folder is not followed)."""
     manifest = out_dir / MANIFEST
     if not manifest.is_file():
         return
+    if output_owner(out_dir) != "extract":
+        raise UserError(f"{manifest}: not written by `autoswap extract` ({out_dir} has no {MARKER} of its own); "
+                        "move it or choose another folder")
+    root = out_dir.resolve()
     for line in manifest.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             name = json.loads(line)["crop"]
         except (ValueError, KeyError, TypeError):
             continue
-        if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith("."):
+        if not isinstance(name, str) or "/" in name or "\\" in name or "\0" in name or name.startswith("."):
             continue
         for p in (out_dir / f"{name}.png", out_dir / MASKS / f"{name}.png"):
-            p.unlink(missing_ok=True)
+            if _is_inside(p.parent.resolve(), root):
+                p.unlink(missing_ok=True)  # a link: the link only
     manifest.unlink()
 
 
@@ -489,13 +497,17 @@ def _sources(path: Path, cfg: ExtractSettings, max_image_pixels: int, errors: di
 
 def extract_to_dir(inputs: list[Path], out_dir: Path, cfg: ExtractSettings, face_size: int,
                    max_image_pixels: int = 40_000_000, progress: bool = True,
-                   allow_empty: bool = False) -> dict:
+                   allow_empty: bool = False, where: str = "--out") -> dict:
     """Detect, align and filter faces from the images, videos and folders in `inputs`.
 
     Writes out_dir/{name}.png crops (name = f"{source_stem}_{frame:06d}_{k}", k counting the
     faces kept from that image or frame), out_dir/masks/{name}.png masks (uint8 0/255, same size)
     and out_dir/manifest.jsonl (one row per kept face). Crops, masks and manifest of a previous
     run in out_dir are replaced; nothing outside out_dir is written and inputs are only read.
+    out_dir is refused (autoswap.files.check_output_dir; `where` names it in the error) when it is,
+    holds or lies inside an input or data/raw, or is or holds the project root, home or `/`; it
+    is marked as extract's (autoswap.files.MARKER), and only a marked folder's previous manifest
+    is trusted to say what may be deleted.
 
     Returns {"files", "images", "videos", "frames", "kept", "dropped": {reason: ["path[:frame]",
     ...]} for every reason in DROP_REASONS, "errors": {"path[:frame]": why}, "rotated": {"90":
@@ -506,13 +518,25 @@ def extract_to_dir(inputs: list[Path], out_dir: Path, cfg: ExtractSettings, face
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
+    check_output_dir(out_dir, where)
     dropped: dict[str, list[str]] = {r: [] for r in DROP_REASONS}
     errors: dict[str, str] = {}
     rotated: dict[str, list[str]] = {str(a): [] for a in cfg.rotate}
     files = _gather(inputs, out_dir, dropped)
     names = _names(files)
+    owner = output_owner(out_dir)
+    if owner not in (None, "extract"):
+        raise UserError(f"{where}: {out_dir} holds the output of `autoswap {owner}`, not extract; "
+                        "choose another folder")
+    if (out_dir / MANIFEST).exists() and owner != "extract":
+        raise UserError(f"{out_dir / MANIFEST}: not written by `autoswap extract` ({out_dir} has no {MARKER} of "
+                        "its own); move it or choose another folder")
+    if (out_dir / MASKS).is_symlink():
+        raise UserError(f"{out_dir / MASKS}: a link to another folder; extract writes and removes masks only inside "
+                        f"{out_dir}: replace the link with a folder or choose another folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     _remove_previous(out_dir)
+    mark_output_dir(out_dir, "extract")
     (out_dir / MASKS).mkdir(exist_ok=True)
 
     hashes = _Hashes()
@@ -520,9 +544,8 @@ def extract_to_dir(inputs: list[Path], out_dir: Path, cfg: ExtractSettings, face
     kept = 0
     last_video = None
     tracker = _Tracker(cfg)
-    tmp = out_dir / f"{MANIFEST}.tmp"
-    with tmp.open("w", encoding="utf-8") as manifest, \
-            tqdm(files, unit="file", disable=not progress, desc="extract") as bar:
+    manifest: list[str] = []  # written atomically once every crop is
+    with tqdm(files, unit="file", disable=not progress, desc="extract") as bar:
         for path in bar:
             for frame, time_s, rgb, item in _sources(path, cfg, max_image_pixels, errors, dropped, bar):
                 if time_s is None:
@@ -553,11 +576,11 @@ def extract_to_dir(inputs: list[Path], out_dir: Path, cfg: ExtractSettings, face
                     name = f"{names[path]}_{frame:06d}_{k}"
                     Image.fromarray(crop).save(out_dir / f"{name}.png")
                     Image.fromarray(mask).save(out_dir / MASKS / f"{name}.png")
-                    manifest.write(json.dumps(_row(name, path, frame, time_s, k, rgb.shape, face,
+                    manifest.append(json.dumps(_row(name, path, frame, time_s, k, rgb.shape, face,
                                                    affine, lm_crop, blur, h, angle)) + "\n")
                     kept += 1
             bar.set_postfix(kept=kept)
-    tmp.replace(out_dir / MANIFEST)
+    atomic_write_text(out_dir / MANIFEST, "".join(manifest))
 
     report = {"files": len(files), **counts, "kept": kept, "dropped": dropped, "errors": errors,
               "rotated": rotated}

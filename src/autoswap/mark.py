@@ -13,6 +13,14 @@
    made once with `cryptography` and cached under swap.key_dir (~/.config/autoswap by default,
    private key mode 0600): such a manifest validates but reads as `signingCredential.untrusted`.
 
+Files in swap.key_dir are shared by every `autoswap swap` of the user, so several may run at
+once: the ID registry and the local signer are each changed under an exclusive lock (flock on a
+`.lock` file beside them) and written atomically (a unique temporary name, fsync, rename); a
+registry that does not parse is set aside (`watermark_ids.json.corrupt-<time>`), never
+overwritten. A private key open to other users is refused when it is yours (swap.signer_key) and
+set back to 0600, with a warning, when autoswap made it. Outputs appear only complete (written
+under a temporary name in their folder, then renamed).
+
 None of the three can be switched off: `swap` always writes them.
 
 The watermark
@@ -53,8 +61,12 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
+import stat
+import sys
 import tempfile
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +88,74 @@ MIME = {
     ".mp4": "video/mp4", ".m4v": "video/mp4", ".mov": "video/quicktime",
 }
 VIDEO_OUT_SUFFIXES = (".mp4", ".m4v", ".mov")
+
+
+def _warn(msg: str) -> None:
+    print(f"autoswap: warning: {msg}", file=sys.stderr)
+
+
+# ============================================================================= files
+def _temp_beside(path: Path, mode: int = 0o666) -> tuple[int, Path]:
+    """(fd, name) of a new empty file with a unique hidden name in `path`'s folder, created with
+    `mode` (less the umask) from the start: O_EXCL, so never someone else's file."""
+    path = Path(path)
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), tmp
+        except FileExistsError:
+            continue
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:  # makes the rename itself durable; not every system can open a folder
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _publish(tmp: Path, dst: Path) -> None:
+    """Put the finished file `tmp` (in `dst`'s file system) in place as `dst`: fsync, then one
+    rename, so `dst` is either what it was or the complete new file."""
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, dst)
+    _fsync_dir(Path(dst).parent)
+
+
+def _atomic_write_bytes(path: Path, data: bytes, mode: int = 0o666) -> None:
+    fd, tmp = _temp_beside(path, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        _publish(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def _locked(lock: Path):
+    """An exclusive lock: flock on `lock` (made if missing), released when the block ends or the
+    process dies. Not re-entrant: never nest two for the same file."""
+    import fcntl
+
+    with open(lock, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        yield
+
+
+def _aside(path: Path, why: str) -> Path:
+    """A free name beside `path` to keep it under: <name>.<why>-<UTC time>[-n]."""
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    aside, n = path.with_name(f"{path.name}.{why}-{stamp}"), 1
+    while aside.exists():
+        aside, n = path.with_name(f"{path.name}.{why}-{stamp}-{n}"), n + 1
+    return aside
 
 
 # ============================================================================= the statement
@@ -146,7 +226,15 @@ def save_image(path: Path, rgb: np.ndarray, fmt: str, wm_id: int, run_id: str | 
         kw |= {"compression": "tiff_lzw", "tiffinfo": {270: text, 305: f"{GENERATOR} {__version__}", 700: xmp}}
     else:
         raise ValueError(f"cannot write {fmt}")
-    img.save(path, fmt, **kw)
+    path = Path(path)
+    fd, tmp = _temp_beside(path)
+    os.close(fd)
+    try:
+        img.save(tmp, fmt, **kw)  # PIL opens it itself (TIFF with libtiff needs a real file)
+        _publish(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_statement(path: Path) -> dict:
@@ -368,7 +456,7 @@ def bit_accuracy(reading: WatermarkReading, wm_id: int) -> tuple[float, float]:
 # ============================================================================= IDs and registry
 def watermark_id(model_meta: dict, model_json: bytes = b"") -> int:
     """The 32-bit watermark ID of a model: the first 4 bytes of SHA-256 of its MLflow run id
-    (of model.json's bytes when it has none)."""
+    (of `model_json`, the bytes that stand for the model, when it has none)."""
     run = model_meta.get("mlflow_run_id")
     key = f"autoswap-watermark:{run}".encode() if run else b"autoswap-watermark-json:" + model_json
     return int.from_bytes(hashlib.sha256(key).digest()[:4], "big")
@@ -385,22 +473,46 @@ REGISTRY = "watermark_ids.json"
 
 
 def register_id(folder: Path, wm_id: int, model_meta: dict, model_dir: Path) -> None:
-    """Remember which model (MLflow run) an ID belongs to, in folder/watermark_ids.json."""
+    """Remember which model (MLflow run) an ID belongs to, in folder/watermark_ids.json: read,
+    add and write back under a lock (watermark_ids.json.lock), so swaps run at once lose no ID;
+    the file is replaced atomically. A registry that does not parse is kept aside, not lost."""
+    from autoswap.files import atomic_write_json
+
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / REGISTRY
-    reg = lookup_registry(folder)
     key = f"{wm_id:08x}"
-    if key in reg:
-        return
-    reg[key] = {
-        "mlflow_run_id": model_meta.get("mlflow_run_id"),
-        "mlflow_tracking_uri": model_meta.get("mlflow_tracking_uri"),
-        "model": str(Path(model_dir).resolve()),
-        "registered": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(reg, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    with _locked(folder / f"{REGISTRY}.lock"):
+        reg = _read_registry(path)
+        if key in reg:
+            return
+        reg[key] = {
+            "mlflow_run_id": model_meta.get("mlflow_run_id"),
+            "mlflow_tracking_uri": model_meta.get("mlflow_tracking_uri"),
+            "model": str(Path(model_dir).resolve()),
+            "registered": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        }
+        atomic_write_json(path, reg)
+
+
+def _read_registry(path: Path) -> dict:
+    """The registry at `path` ({} when there is none). One that does not parse as a JSON object
+    is renamed to <name>.corrupt-<time>, with a warning, and {} returned: the caller then starts
+    a new one and the old entries can still be recovered by hand. Call under the lock."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    try:
+        reg = json.loads(raw.decode("utf-8"))
+    except ValueError:  # also UnicodeDecodeError
+        reg = None
+    if isinstance(reg, dict):
+        return reg
+    aside = _aside(path, "corrupt")
+    os.replace(path, aside)
+    _warn(f"{path}: not a valid watermark ID registry; kept it as {aside.name} and started a new one")
+    return {}
 
 
 def lookup_registry(folder: Path) -> dict:
@@ -412,11 +524,17 @@ def lookup_registry(folder: Path) -> dict:
 
 # ============================================================================= C2PA
 _C2PA_CA, _C2PA_CHAIN, _C2PA_KEY = "c2pa-ca.pem", "c2pa-signer-chain.pem", "c2pa-signer.key"
+_C2PA_LOCK = "c2pa-signer.lock"
 
 
 def _make_local_signer(folder: Path) -> None:
     """A local CA and a leaf signing certificate (P-256, 10 years). c2pa refuses a lone
-    self-signed certificate; the leaf needs SKI, AKI and the emailProtection EKU."""
+    self-signed certificate; the leaf needs SKI, AKI and the emailProtection EKU.
+
+    Each file is written atomically, the key with mode 0600 from the start, and the chain last
+    (after removing any old one): a chain on disk always belongs to the key beside it, even if
+    this is interrupted. Where other processes may use `folder`, hold its lock
+    (`_locked(folder / _C2PA_LOCK)`, as C2paSigner.load does)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -447,14 +565,34 @@ def _make_local_signer(folder: Path) -> None:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
             .sign(ca_key, hashes.SHA256()))
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     pem = serialization.Encoding.PEM
-    key_path = folder / _C2PA_KEY
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    (folder / _C2PA_CA).write_bytes(ca.public_bytes(pem))
-    (folder / _C2PA_CHAIN).write_bytes(leaf.public_bytes(pem) + ca.public_bytes(pem))
+    (folder / _C2PA_CHAIN).unlink(missing_ok=True)
+    _atomic_write_bytes(folder / _C2PA_KEY, key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                              serialization.NoEncryption()), 0o600)
+    _atomic_write_bytes(folder / _C2PA_CA, ca.public_bytes(pem), 0o644)
+    _atomic_write_bytes(folder / _C2PA_CHAIN, leaf.public_bytes(pem) + ca.public_bytes(pem), 0o644)
+
+
+def _key_matches_chain(key_pem: bytes, chain_pem: bytes) -> bool:
+    """Whether the private key belongs to the chain's first (leaf) certificate."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        leaf = x509.load_pem_x509_certificates(chain_pem)[0]
+    except (ValueError, TypeError, IndexError):
+        return False
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    return key.public_key().public_bytes(*spki) == leaf.public_key().public_bytes(*spki)
+
+
+def _loose(path: Path) -> int | None:
+    """The mode of a private key file when group or others may use it, else None."""
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    return mode if mode & 0o077 else None
 
 
 def _alg_for(key_pem: bytes, where: Path):
@@ -490,15 +628,38 @@ class C2paSigner:
             for p in (cert, key):
                 if not Path(p).is_file():
                     raise UserError(f"{p}: not found; set swap.signer_cert and swap.signer_key to PEM files")
+            if (mode := _loose(key)) is not None:
+                raise UserError(f"{key}: private key readable by other users (mode {mode:04o}); "
+                                f"run `chmod 600 {key}`")
             return cls(Path(cert).read_bytes(), Path(key).read_bytes(), False, Path(cert))
         folder = Path(folder)
-        if not ((folder / _C2PA_CHAIN).is_file() and (folder / _C2PA_KEY).is_file()):
-            try:
-                _make_local_signer(folder)
-            except OSError as e:
-                raise UserError(f"{folder}: cannot create the local C2PA signer ({e.strerror or e}); "
-                                "set swap.key_dir to a writable folder") from None
-        return cls((folder / _C2PA_CHAIN).read_bytes(), (folder / _C2PA_KEY).read_bytes(), True, folder)
+        chain_path, key_path = folder / _C2PA_CHAIN, folder / _C2PA_KEY
+        try:
+            with ExitStack() as stack:
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    stack.enter_context(_locked(folder / _C2PA_LOCK))
+                except OSError:  # a read-only folder that already has a signer: use it unlocked
+                    if not (chain_path.is_file() and key_path.is_file()):
+                        raise
+                if not (chain_path.is_file() and key_path.is_file()):
+                    _make_local_signer(folder)
+                elif not _key_matches_chain(key_path.read_bytes(), chain_path.read_bytes()):
+                    _warn(f"{key_path}: does not match {chain_path.name} (left by an older autoswap run "
+                          "at the same time as another); made a new local signer")
+                    _make_local_signer(folder)
+                if (mode := _loose(key_path)) is not None:
+                    try:
+                        os.chmod(key_path, 0o600)
+                    except OSError:
+                        raise UserError(f"{key_path}: private key readable by other users (mode {mode:04o}); "
+                                        f"run `chmod 600 {key_path}`") from None
+                    _warn(f"{key_path}: was readable by other users (mode {mode:04o}); set it to 0600")
+                chain, private = chain_path.read_bytes(), key_path.read_bytes()
+        except OSError as e:
+            raise UserError(f"{folder}: cannot create the local C2PA signer ({e.strerror or e}); "
+                            "set swap.key_dir to a writable folder") from None
+        return cls(chain, private, True, folder)
 
     def signer(self):
         import c2pa
@@ -605,7 +766,11 @@ class Marker:
 
     def __init__(self, model_meta: dict, model_dir: Path, folder: Path, cert: Path | None = None,
                  key: Path | None = None, label: str | None = None) -> None:
-        model_json = (Path(model_dir) / "model.json").read_bytes() if (Path(model_dir) / "model.json").is_file() else b""
+        from autoswap.tracking import model_digest
+
+        # model_meta's run: tracking.model_run's, filled in by swap.FaceSwapModel. Without one, the
+        # model files' digest (model.json alone is the same for every training of one config)
+        model_json = b"" if model_meta.get("mlflow_run_id") else model_digest(model_dir).encode()
         self.wm_id = watermark_id(model_meta, model_json)
         self.run_id = model_meta.get("mlflow_run_id")
         self.label = label
@@ -629,13 +794,15 @@ class Marker:
             save_image(plain, marked, fmt, self.wm_id, self.run_id, icc)
             signed = Path(tmp) / f"signed{dst.suffix}"
             sign_c2pa(self.c2pa, plain, signed, MIME[fmt], source, _mime_of(source), self.wm_id, self.run_id)
-            os.replace(signed, dst)
+            _publish(signed, dst)
 
     def finish_video(self, tmp_video: Path, dst: Path, source: Path) -> None:
+        """Sign the encoded `tmp_video` (in a temporary folder beside `dst`) and move it into
+        place: `dst` appears only when complete."""
         signed = tmp_video.with_name(tmp_video.stem + ".signed" + tmp_video.suffix)
         sign_c2pa(self.c2pa, tmp_video, signed, MIME[dst.suffix.lower()], source, _mime_of(source),
                   self.wm_id, self.run_id)
-        os.replace(signed, dst)
+        _publish(signed, dst)
 
 
 def _mime_of(path: Path) -> str | None:
@@ -701,5 +868,14 @@ def _sample_frames(path: Path, n: int) -> list[np.ndarray]:
 
 
 def copy_unmarked(src: Path, dst: Path) -> None:
-    """A photo with no face is copied byte for byte: nothing in it was generated."""
-    shutil.copyfile(src, dst)
+    """A photo with no face is copied byte for byte: nothing in it was generated. Copied to a
+    temporary name beside `dst`, then renamed: `dst` appears only when complete."""
+    dst = Path(dst)
+    fd, tmp = _temp_beside(dst)
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        _publish(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

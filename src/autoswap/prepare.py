@@ -26,19 +26,8 @@ from PIL import Image
 
 from autoswap.config import Settings
 from autoswap.errors import UserError
-from autoswap.files import atomic_write_json
+from autoswap.files import atomic_write_json, fresh_output_dir
 from autoswap.images import BadImage, list_images, load_rgb
-
-
-def _check_paths(settings: Settings) -> None:
-    out = settings.data.faces_dir.resolve()
-    for d in (settings.data.dir_a, settings.data.dir_b):
-        d = d.resolve()
-        if out == d or out in d.parents or d in out.parents:
-            raise UserError(
-                f"params.yaml: data.faces_dir ({settings.data.faces_dir}) overlaps {d}; "
-                "prepare rewrites faces_dir, so keep it apart from your own data"
-            )
 
 
 def _split(names: list, val_fraction: float, seed: int, side: int) -> tuple[list, list]:
@@ -108,7 +97,8 @@ def _extracted_folder(settings: Settings, side: str, src: Path, dst: Path) -> di
     if not src.is_dir():
         raise UserError(f"{src}: folder not found; put person {side.upper()}'s photos and videos there (data.dir_{side})")
     pool = dst / "all"
-    report = extract_to_dir([src], pool, settings.extract, d.face_size, d.max_image_pixels, allow_empty=True)
+    report = extract_to_dir([src], pool, settings.extract, d.face_size, d.max_image_pixels, allow_empty=True,
+                            where="params.yaml: key 'data.faces_dir'")
     crops = sorted(p for p in pool.glob("*.png"))
     if len(crops) < d.min_faces:
         raise UserError(
@@ -157,18 +147,17 @@ def prepare(settings: Settings, metrics_dir: Path = Path("metrics")) -> dict:
     d = settings.data
     out = d.faces_dir
     report: dict = {"source": d.source, "face_size": d.face_size, "persons": {}}
+    # prepare owns faces_dir (a DVC out): start clean so no stale face survives, but only a folder
+    # prepare itself made, never one that is, holds or lies inside the user's data (autoswap.files)
+    fresh_output_dir(out, "prepare", "params.yaml: key 'data.faces_dir'", (d.dir_a, d.dir_b), suggest="data/faces")
     if d.source == "synthetic":
         from autoswap.synthetic import generate
 
-        # prepare owns faces_dir (a DVC out): start clean so no stale face survives
-        shutil.rmtree(out, ignore_errors=True)
         counts = generate(d.synthetic, d.face_size, settings.seed, out)
         for side in ("a", "b"):
             c = counts[side]
             report["persons"][side] = {"kept": c["train"] + c["val"], **c, "dropped": {}}
     else:
-        _check_paths(settings)
-        shutil.rmtree(out, ignore_errors=True)
         for side, src in (("a", d.dir_a), ("b", d.dir_b)):
             fn = _aligned_folder if d.aligned else _extracted_folder
             report["persons"][side] = fn(settings, side, src, out / side)

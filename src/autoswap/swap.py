@@ -25,9 +25,7 @@ Faces are found on the input frame; each chosen face is blended into the output 
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -37,6 +35,7 @@ import numpy as np
 
 from autoswap.config import ExtractSettings, Settings, SwapSettings
 from autoswap.errors import UserError
+from autoswap.files import atomic_write_json, check_output_dir, fresh_output_dir
 
 # ----------------------------------------------------------------------------- the model
 
@@ -81,6 +80,7 @@ class FaceSwapModel:
     def __init__(self, model_dir: Path, to: str) -> None:
         import tensorflow as tf
 
+        from autoswap import tracking
         from autoswap.model import load_final
         from autoswap.pipeline import BatchSpec
 
@@ -88,6 +88,10 @@ class FaceSwapModel:
         if not model_dir.is_dir():
             raise UserError(f"{model_dir}: no such model folder; train one with `dvc repro train` or pass --model DIR")
         encoder, decoder_a, decoder_b, meta = load_final(model_dir)
+        # the training's MLflow run is no part of model.json: tracking.model_run finds it (None for a
+        # model folder without its models/run.json), and the rest of swap reads it from self.meta
+        run = tracking.model_run(model_dir)
+        meta = {**meta, "mlflow_run_id": run and run[0], "mlflow_tracking_uri": run and run[1]}
         self.meta, self.dir = meta, model_dir
         settings = _geometry_settings(meta, model_dir / "model.json")
         self.spec = BatchSpec.from_settings(settings)
@@ -532,6 +536,32 @@ def _plan(src: Path, dst: Path, force: bool) -> tuple[list[tuple[Path, Path]], l
     return pairs, skipped
 
 
+def tag_watermark_id(model_meta: dict, wm_id: int) -> bool:
+    """Set the tag `autoswap.watermark_id` on the MLflow run that made the model (model.json's
+    mlflow_run_id, in its mlflow_tracking_uri, else the project store), so the run says which ID
+    its outputs carry. Skipped quietly (False) when the model has no run or the store is not
+    there: the ID is in the local registry and in every output all the same."""
+    run_id = model_meta.get("mlflow_run_id")
+    if not run_id:
+        return False
+    from autoswap import tracking
+
+    uri = (model_meta.get("mlflow_tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+           or f"sqlite:///{tracking.project_root() / 'mlruns' / 'mlflow.db'}")
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        return False  # opening it would create an empty store
+    import logging
+
+    import mlflow
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        mlflow.MlflowClient(uri).set_tag(run_id, "autoswap.watermark_id", f"{wm_id:08x}")
+    except mlflow.exceptions.MlflowException:
+        return False  # no such run in that store
+    return True
+
+
 def swap_files(settings: Settings, src: Path, dst: Path, force: bool = False, progress: bool = True) -> list[dict]:
     """`autoswap swap INPUT OUTPUT`: a photo, a video, or a folder of them. Everything is
     checked (paths, formats, the model, the signer) before anything is written."""
@@ -549,6 +579,8 @@ def swap_files(settings: Settings, src: Path, dst: Path, force: bool = False, pr
                 raise
             _warn(f"skipped {e}")
             results.append({"input": str(a), "output": None, "status": f"skipped: {e}"})
+    if any(r["status"] == "swapped" for r in results):
+        tag_watermark_id(run.model.meta, run.marker.wm_id)
     return results
 
 
@@ -610,18 +642,18 @@ def swap_demo(settings: Settings, progress: bool = True) -> dict:
     from autoswap.mark import key_dir, verify
 
     d = settings.swap.demo
+    run = SwapRun(settings, progress)  # the model (and signer) first: nothing is written without them
+    inputs = (settings.swap.model, settings.data.dir_a, settings.data.dir_b)
+    check_output_dir(d.input_dir, "params.yaml: key 'swap.demo.input_dir'", inputs, suggest="data/demo")
+    out = fresh_output_dir(d.out_dir, "swap", "params.yaml: key 'swap.demo.out_dir'", (d.input_dir, *inputs),
+                           suggest="swaps")
     photo, clip = make_demo_inputs(d.input_dir, d.frames)
-    out = d.out_dir
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    run = SwapRun(settings, progress)
     results = [run.file(photo, out / photo.name), run.file(clip, out / clip.name)]
     registry = key_dir(settings.swap.key_dir)
     checks = {Path(r["output"]).name: verify(Path(r["output"]), registry) for r in results}
     report = {"model": str(settings.swap.model), "to": settings.swap.to, "watermark_id": f"{run.marker.wm_id:08x}",
               "files": results, "verify": checks}
-    (out / "verify.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    atomic_write_json(out / "verify.json", report)
     run_id = run.model.meta.get("mlflow_run_id")
     if run_id:
         import mlflow

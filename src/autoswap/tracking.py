@@ -83,6 +83,66 @@ def store_lock():
         yield
 
 
+# ----------------------------------------------------------------------------- the model's MLflow run
+# The run that trained models/final is kept out of that folder, in models/run.json: the folder is a
+# DVC output, and a run id inside it would give every training a new hash (dvc.lock never equal
+# between two clones). models/run.json is no DVC output; it names the folder and the digest of its
+# files, so a model checked out from the DVC cache, an experiment applied, or a folder copied
+# elsewhere without it is never taken for that run's model.
+MODEL_RUN_FILE = "run.json"
+
+
+def model_digest(model_dir: Path) -> str:
+    """SHA-256 over a model folder's model.json and weight files (names and bytes)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    model_dir = Path(model_dir)
+    files = sorted(model_dir.glob("*.weights.h5")) + [model_dir / "model.json"]
+    for f in files:
+        h.update(f.name.encode() + b"\0")
+        if f.is_file():
+            with open(f, "rb") as fh:
+                h.update(hashlib.file_digest(fh, "sha256").digest())
+    return h.hexdigest()
+
+
+def write_model_run(model_dir: Path, run_id: str, uri: str) -> Path:
+    """Record (atomically) that the model in `model_dir`, as it is now, was trained by MLflow
+    run `run_id` in store `uri`: <model_dir's parent>/run.json."""
+    from autoswap.files import atomic_write_json
+
+    model_dir = Path(model_dir)
+    path = model_dir.parent / MODEL_RUN_FILE
+    atomic_write_json(path, {"model": model_dir.name, "digest": model_digest(model_dir),
+                             "mlflow_run_id": run_id, "mlflow_tracking_uri": uri})
+    return path
+
+
+def model_run(model_dir: Path) -> tuple[str, str | None] | None:
+    """(run id, tracking URI) of the MLflow run that trained the model in `model_dir`, or None
+    when nothing says so: no run.json beside it, or one written for other files (another model,
+    a folder since replaced). A model.json from before run.json (it held the run id itself) still
+    counts. The one place evaluate, preview, swap and its marks learn a model's run."""
+    import json
+
+    model_dir = Path(model_dir)
+    try:
+        rec = json.loads((model_dir.parent / MODEL_RUN_FILE).read_text())
+        if (isinstance(rec, dict) and rec.get("model") == model_dir.name and rec.get("mlflow_run_id")
+                and rec.get("digest") == model_digest(model_dir)):
+            return rec["mlflow_run_id"], rec.get("mlflow_tracking_uri")
+    except (OSError, ValueError):
+        pass
+    try:
+        meta = json.loads((model_dir / "model.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(meta, dict) and meta.get("mlflow_run_id"):
+        return meta["mlflow_run_id"], meta.get("mlflow_tracking_uri")
+    return None
+
+
 def git_commit() -> str | None:
     try:
         out = subprocess.run(
