@@ -14,6 +14,8 @@ import pytest
 import yaml
 from conftest import TINY
 
+from autoswap.tracking import model_run
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
@@ -74,9 +76,8 @@ def test_dvc_repro_end_to_end(project):
     verify = json.loads((d / "swaps/verify.json").read_text())
     assert verify, "the swap stage verified its outputs"
     # the MLflow run in the project's own store: metrics, preview artifact, weights
-    meta = json.loads((d / "models/final/model.json").read_text())
     client = mlflow.MlflowClient(f"sqlite:///{d / 'mlruns' / 'mlflow.db'}")
-    run = client.get_run(meta["mlflow_run_id"])
+    run = client.get_run(model_run(d / "models/final")[0])
     assert run.info.status == "FINISHED"
     assert run.data.metrics["eval.a.swap_mae"] == pytest.approx(ev["a"]["swap_mae"])
     assert "loss_a" in run.data.metrics and run.data.params["train.steps"] == "6"

@@ -113,6 +113,66 @@ def test_ui_binds_loopback_and_warns_when_exposed(monkeypatch, capsys, mlflow_st
     )
 
 
+def test_ui_allows_only_its_own_host_names(monkeypatch, mlflow_store):
+    calls = []
+    monkeypatch.setattr(os, "execve", lambda path, argv, env: calls.append((argv, env)))
+    monkeypatch.delenv("MLFLOW_SERVER_ALLOWED_HOSTS", raising=False)
+
+    def allowed(*argv):
+        assert cli.main(["ui", *argv]) == 0
+        a = calls[-1][0]
+        return a[a.index("--allowed-hosts") + 1].split(",") if "--allowed-hosts" in a else None
+
+    assert allowed("--port", "5999") == ["localhost:5999", "127.0.0.1:5999"]
+    assert allowed("--host", "::1", "--port", "6001") == ["localhost:6001", "127.0.0.1:6001", "[::1]:6001"]
+    assert allowed("--port", "80") == ["localhost:80", "127.0.0.1:80", "localhost", "127.0.0.1"]
+    assert allowed("--host", "0.0.0.0") is None  # exposed on purpose (and warned): MLflow's own list
+    monkeypatch.setenv("MLFLOW_SERVER_ALLOWED_HOSTS", "ui.example:5000")  # the user's own choice wins
+    assert allowed() is None and calls[-1][1]["MLFLOW_SERVER_ALLOWED_HOSTS"] == "ui.example:5000"
+
+
+def _http_status(port: int, host_header: str) -> int:
+    """GET / from 127.0.0.1:port with the given Host header; the response's status code."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", "/", headers={"Host": host_header})
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_ui_server_listens_on_loopback_only_and_refuses_foreign_hosts(tmp_path, mlflow_store):
+    """The real server, no browser: its socket is bound to 127.0.0.1 alone, and a request naming
+    another host (a DNS-rebinding page, a private IP, another port) gets 403."""
+    proc, base = start_ui(mlflow_store, tmp_path / "ui.log")
+    try:
+        port = int(base.rsplit(":", 1)[1])
+        try:
+            import psutil
+
+            bound = {c.laddr.ip for c in psutil.net_connections(kind="inet")
+                     if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+            ours = [a.address for addrs in psutil.net_if_addrs().values() for a in addrs
+                    if a.family == socket.AF_INET and not a.address.startswith("127.")]
+        except ImportError:
+            bound = {"127.0.0.1"} if listening_addresses(port) == {"0100007F"} else listening_addresses(port)
+            ours = []
+        assert bound == {"127.0.0.1"}
+        for addr in ours:  # this machine's own non-loopback addresses: a connect only, nothing sent
+            with socket.socket() as s:
+                s.settimeout(5)
+                assert s.connect_ex((addr, port)) != 0, f"the UI answers on {addr}:{port}"
+        assert _http_status(port, f"127.0.0.1:{port}") == 200
+        assert _http_status(port, f"localhost:{port}") == 200
+        for foreign in ("evil.example", f"evil.example:{port}", f"192.168.1.5:{port}", f"localhost:{port + 1}"):
+            assert _http_status(port, foreign) == 403, foreign
+    finally:
+        stop(proc)
+    assert proc.returncode is not None
+
+
 @pytest.mark.skipif(
     not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
     reason="needs Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver); "
