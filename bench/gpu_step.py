@@ -130,7 +130,7 @@ class Setup:
         z, ne = encoder.stateless_call(te, ne, jnp.concatenate([wa, wb], 0), training=True)  # (2b, 8, 8, 512)
         ya, nd_a = decoder_a.stateless_call(td_a, nd_a, z[:b], training=True)  # (b, 64, 64, 3)
         yb, nd_b = decoder_b.stateless_call(td_b, nd_b, z[b:], training=True)
-        # train.mae_loss: the mean absolute error in float32, per person
+        # losses.mae: the mean absolute error in float32, per person
         loss_a = jnp.mean(jnp.abs(ta.astype(jnp.float32) - ya.astype(jnp.float32)))
         loss_b = jnp.mean(jnp.abs(tb.astype(jnp.float32) - yb.astype(jnp.float32)))
         return loss_a + loss_b, (loss_a, loss_b, [ne, nd_a, nd_b])

@@ -161,7 +161,7 @@ def settings_for(args, jit: bool, bf16: bool, mm: bool = False):
 def make_dataset(settings, faces_a, faces_b, start: int = 0, stop: int = 10**9):
     """autoswap.train's single-device input pipeline (train.data_on_device false, the default)."""
     from autoswap.pipeline import BatchSpec
-    from autoswap.train import make_dataset as train_dataset
+    from autoswap.pipeline import make_dataset as train_dataset
 
     return train_dataset(BatchSpec.from_settings(settings), faces_a, faces_b, start, stop)
 
@@ -170,27 +170,18 @@ class Ours:
     """One variant of our training loop: nets, Adam, compiled step, its own dataset iterator."""
 
     def __init__(self, name: str, settings, faces_a, faces_b):
-        import keras
         import tensorflow as tf
 
-        from autoswap import model as M
-        from autoswap.optim import LRSchedule, make_optimizer
-        from autoswap.train import conv_as_matmul, make_forward_backward
+        from autoswap.train import build_trainer, make_forward_backward
 
         self.name, self.settings = name, settings
         t = settings.train
-        keras.utils.set_random_seed(settings.seed)
-        keras.mixed_precision.set_global_policy("mixed_bfloat16" if t.mixed_precision else "float32")
-        try:
-            self.nets = M.build(settings.model, conv_as_matmul(t))
-        finally:
-            keras.mixed_precision.set_global_policy("float32")
-        schedule = LRSchedule(t.lr_schedule, t.learning_rate, t.steps)
-        self.optimizer = make_optimizer(t, schedule)
+        # the very trainer `autoswap train` builds: seeding, precision policy, networks, Adam
+        trainer = build_trainer(settings)
+        self.nets, self.optimizer = trainer.nets, trainer.optimizer
         self.optimizer_class = type(self.optimizer).__name__
         train_vars = [v for n in self.nets for v in n.trainable_variables]
         self.n_params = sum(int(np.prod(v.shape)) for v in train_vars)
-        self.optimizer.build(train_vars)
         fb = make_forward_backward(self.nets, self.optimizer, t.loss)
         self.step_fn = tf.function(fb, jit_compile=t.jit_compile)  # as autoswap.train compiles it
         self.it = iter(make_dataset(settings, faces_a, faces_b))
@@ -380,7 +371,7 @@ def _profile_variant(args, name: str, bf16: bool, mm: bool, faces_a, faces_b) ->
     import tensorflow as tf
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    from autoswap.train import mae_loss
+    from autoswap.losses import mae as mae_loss
 
     s = settings_for(args, False, bf16, mm)
     o = Ours(name, s, faces_a, faces_b)

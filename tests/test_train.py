@@ -7,6 +7,7 @@ import pytest
 from conftest import tiny_raw
 from PIL import Image
 
+from autoswap import losses
 from autoswap import optim as O
 from autoswap import train as T
 from autoswap.config import parse
@@ -141,7 +142,7 @@ def test_too_few_faces_is_a_clear_error(tmp_path, mlflow_store):
 def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path, faces, mlflow_store, monkeypatch):
     import tensorflow as tf
 
-    monkeypatch.setattr(T, "mae_loss", lambda t, y: tf.reduce_mean(tf.abs(t - y)) * float("nan"))
+    monkeypatch.setattr(losses, "mae", lambda t, y: tf.reduce_mean(tf.abs(t - y)) * float("nan"))
     with pytest.raises(UserError, match="loss became nan by step 2; lower train.learning_rate"):
         run(tmp_path, data={"faces_dir": str(faces)})
     state = json.loads((tmp_path / "models" / "checkpoints" / "state.json").read_text())
@@ -328,7 +329,7 @@ def test_fused_adam_is_keras_adam(tmp_path, jit):
 
 # ----------------------------------------------------------------------------- divergence
 def nan_at(monkeypatch, first: int, last: int | None = None):
-    """mae_loss returns NaN for the training steps first..last (1-based, inclusive; None = for good),
+    """losses.mae returns NaN for the training steps first..last (1-based, inclusive; None = for good),
     counted in calls, so a rollback that replays those steps does not meet the NaN again."""
     import tensorflow as tf
 
@@ -340,7 +341,7 @@ def nan_at(monkeypatch, first: int, last: int | None = None):
         poison = tf.where((c >= lo) & (c <= hi), float("nan"), 1.0)
         return tf.reduce_mean(tf.abs(tf.cast(t, tf.float32) - tf.cast(y, tf.float32))) * poison
 
-    monkeypatch.setattr(T, "mae_loss", loss)
+    monkeypatch.setattr(losses, "mae", loss)
 
 
 DIVERGE = {"steps": 8, "log_every": 1, "save_every": 3, "preview_every": 8, "backup_every": 100}
@@ -406,7 +407,7 @@ def test_stop_mode_keeps_the_last_good_checkpoint_and_a_rerun_resumes_from_it(
     state = json.loads((ck / "state.json").read_text())
     assert mlflow.MlflowClient().get_run(state["run_id"]).data.tags["autoswap.stopped"] == "diverged at step 5"
     # the cause gone (a lower rate, in real life), the rerun goes on from step 3 in the same run
-    monkeypatch.setattr(T, "mae_loss", _plain_mae)
+    monkeypatch.setattr(losses, "mae", _plain_mae)
     capsys.readouterr()
     _, r = run(tmp_path, data={"faces_dir": str(faces)}, train={**DIVERGE, "on_divergence": "stop"})
     assert "resuming from" in capsys.readouterr().out
@@ -428,7 +429,7 @@ def test_warn_mode_never_writes_a_diverged_final_model(tmp_path, faces, mlflow_s
         c = calls.assign_add(1)
         return _plain_mae(t, y) * tf.where(c >= 7, 100.0, 1.0)
 
-    monkeypatch.setattr(T, "mae_loss", blown_up)
+    monkeypatch.setattr(losses, "mae", blown_up)
     with pytest.raises(UserError, match="training ended diverged .*models/final not written"):
         run(tmp_path, data={"faces_dir": str(faces)}, train={**DIVERGE, "on_divergence": "warn"})
     assert not (tmp_path / "models" / "final").exists()

@@ -235,7 +235,7 @@ def focal_frequency(y_true, y_pred) -> tf.Tensor:
 # ----------------------------------------------------------------------------- factory
 def make_loss(cfg, mae_fn: Callable | None = None) -> LossFn:
     """The loss of `cfg` (a `LossSettings`). `mae_fn(y_true, y_pred)` is the unweighted MAE kernel
-    (default `mae`): train passes its own `mae_loss`, so that the default loss is that very function."""
+    (default `mae`, looked up when the loss is made: tests swap it for a poisoned one)."""
     weights = term_weights(cfg)
     mae_fn = mae_fn or mae
     outside = float(cfg.mask_outside_weight)

@@ -290,6 +290,24 @@ def make_batch(spec: BatchSpec, faces, step, side: int, part: int = 0, parts: in
     return px[:, 0], tf.concat([px[:, 1], maps], -1)
 
 
+def make_dataset(spec, faces_a, faces_b, start: int, stop: int):
+    """The host-side input pipeline: (step, (warped A, target A, warped B, target B)) for each
+    step in [start, stop). Batches are a pure function of (seed, step), so a resumed run and a
+    parallel map see the same data as a sequential, uninterrupted one."""
+    fa = tf.constant(faces_a)  # (Na, S, S, 3 or 6) uint8, decoded once
+    fb = tf.constant(faces_b)
+
+    @tf.autograph.experimental.do_not_convert  # plain TF code; autograph only warns about it
+    def batches(s):
+        return s, (*make_batch(spec, fa, s, 0), *make_batch(spec, fb, s, 1))
+
+    return (
+        tf.data.Dataset.range(start, stop)
+        .map(batches, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .prefetch(2)
+    )
+
+
 def center_crop(spec_or_settings, faces) -> tf.Tensor:
     """(N, S, S, C) uint8 -> (N, out, out, C) float32: the model's view of a face without
     augmentation (evaluate, preview, swap). Same geometry as training batches."""
@@ -362,12 +380,3 @@ def load_maps(folder: Path, files: list[Path], size: int) -> np.ndarray:
         out[i] = region_maps(lm, size)
     return out
 
-
-def require_faces(folder: Path, size: int, what: str, minimum: int = 1) -> np.ndarray:
-    faces, _, _ = load_faces(folder, size)
-    if len(faces) < minimum:
-        raise UserError(
-            f"{folder}: {len(faces)} usable face image(s) for {what}, need at least {minimum}; "
-            "run `dvc repro prepare` (or check data.faces_dir in params.yaml)"
-        )
-    return faces

@@ -1,11 +1,15 @@
 """DVC stage `train`: the shared encoder and both decoders, one compiled step per iteration.
 
+`train()` reads top to bottom: load the faces, build the trainer (networks, Adam, schedule),
+open the checkpoints (resume, set aside, or lengthen), open the MLflow run, make the step, run
+the loop (logging, saving, previews, the divergence guard), write the final model.
+
 Resumable: checkpoints (weights, optimizer, step) go to models/checkpoints (declared
 `persist: true` in dvc.yaml so `dvc repro` keeps it). Re-running after an interruption continues
 from the latest checkpoint into the same MLflow run; batches are a pure function of
 (seed, step), so the resumed run sees exactly the data an uninterrupted one would have.
 A checkpoint folder written under other settings or other data is set aside and training starts
-afresh.
+afresh; a run whose train.steps only grew goes on (see Checkpoints.open).
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ from autoswap.config import Settings, flatten
 from autoswap.errors import UserError
 from autoswap.files import atomic_write_json
 
-# settings that change when and what is logged or saved but not the numbers a run computes
 # settings that change when and what is logged or saved but not the numbers a run computes; steps
 # is kept in state.json instead: a run that only gets longer goes on (see optim.total_dependent)
 _NOT_IN_FINGERPRINT = {
@@ -44,15 +47,6 @@ def fingerprint(settings: Settings, data_files: list[Path]) -> str:
         "data": [(p.name, p.stat().st_size) for p in data_files],
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def mae_loss(y_true, y_pred):
-    """The seed's loss. Written out rather than keras.losses.MeanAbsoluteError, which divides by
-    the number of replicas by itself inside a tf.distribute replica context (Keras 3): the
-    scaling is done once, visibly, in the step."""
-    import tensorflow as tf
-
-    return tf.reduce_mean(tf.abs(tf.cast(y_true, tf.float32) - tf.cast(y_pred, tf.float32)))
 
 
 def make_strategy(name: str):
@@ -153,7 +147,7 @@ def make_forward_backward(nets, optimizer, loss_settings, replicas: int = 1):
 
     encoder, decoder_a, decoder_b = nets
     train_vars = encoder.trainable_variables + decoder_a.trainable_variables + decoder_b.trainable_variables
-    loss_fn = make_loss(loss_settings, mae_loss)  # the default (kind mae) is exactly mae_loss
+    loss_fn = make_loss(loss_settings)  # the default (kind mae) is exactly losses.mae
     parts = component_names(loss_settings)  # [] unless a mix
 
     def maps(t):
@@ -185,28 +179,451 @@ def make_forward_backward(nets, optimizer, loss_settings, replicas: int = 1):
     return forward_backward
 
 
-def make_dataset(spec, faces_a, faces_b, start: int, stop: int):
-    """The host-side input pipeline: (step, (warped A, target A, warped B, target B)) for each
-    step in [start, stop). Batches are a pure function of (seed, step), so a resumed run and a
-    parallel map see the same data as a sequential, uninterrupted one."""
+# ----------------------------------------------------------------------------- building blocks
+def load_training_faces(settings: Settings) -> tuple[dict, dict]:
+    """-> ({"a": (faces, files), "b": ...}, {"a": val faces, "b": ...}). The faces carry the loss
+    maps (mask, eyes, mouth) as channels 3-5 when the loss needs them: make_batch carries them
+    through the augmentation."""
+    from autoswap.losses import needs_maps
+    from autoswap.pipeline import load_faces, load_maps
+
+    root, size = settings.data.faces_dir, settings.data.face_size
+    sets = {}
+    for side in ("a", "b"):
+        faces, files, _ = load_faces(root / side / "train", size)  # (N, S, S, 3) uint8
+        if len(faces) < 2:
+            raise UserError(
+                f"{root / side / 'train'}: {len(faces)} usable face image(s) for person {side.upper()}, "
+                "need at least 2; run `dvc repro prepare` or add images"
+            )
+        if needs_maps(settings.train.loss):
+            faces = np.concatenate([faces, load_maps(root / side / "train", files, size)], -1)  # (N, S, S, 6)
+        sets[side] = (faces, files)
+    val = {s: load_faces(root / s / "val", size)[0][: settings.preview.faces] for s in "ab"}
+    return sets, val
+
+
+@dataclasses.dataclass
+class Trainer:
+    """What a training step changes and a checkpoint holds."""
+
+    nets: tuple  # (encoder, decoder_a, decoder_b)
+    optimizer: object
+    schedule: object  # optim.LRSchedule
+    lr_scale: object  # tf.Variable: rollbacks after a divergence lower the rate
+    rollbacks: object  # tf.Variable: how many so far
+    step: object  # tf.Variable: steps done
+
+    def checkpoint(self):
+        import tensorflow as tf
+
+        encoder, decoder_a, decoder_b = self.nets
+        return tf.train.Checkpoint(
+            encoder=encoder, decoder_a=decoder_a, decoder_b=decoder_b, optimizer=self.optimizer, step=self.step,
+            lr_scale=self.lr_scale, rollbacks=self.rollbacks,
+        )
+
+
+def build_trainer(settings: Settings, strategy=None) -> Trainer:
+    """The networks, Adam and its schedule, built (and seeded) as `autoswap train` builds them,
+    under `strategy`'s scope. bench/ builds its trainers here too."""
+    import keras
     import tensorflow as tf
 
-    from autoswap.pipeline import make_batch
+    from autoswap import model as M
+    from autoswap.optim import LRSchedule, make_optimizer
 
-    fa = tf.constant(faces_a)  # (Na, S, S, 3 or 6) uint8, decoded once
-    fb = tf.constant(faces_b)
+    t = settings.train
+    if t.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(settings.seed)  # weight initialisation
+    with (strategy or tf.distribute.get_strategy()).scope():
+        # bfloat16 compute, float32 weights; model.py keeps the output conv in float32. The policy
+        # is Keras-global, so it is set for the build only and does not leak into later models
+        before = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy("mixed_bfloat16" if t.mixed_precision else before)
+        try:
+            nets = M.build(settings.model, conv_as_matmul(t))
+        finally:
+            keras.mixed_precision.set_global_policy(before)
+        # kept in the checkpoint, so a resumed run goes on at the rate its rollbacks left
+        lr_scale = tf.Variable(1.0, dtype=tf.float32, trainable=False, name="lr_scale")
+        rollbacks = tf.Variable(0, dtype=tf.int64, trainable=False, name="rollbacks")
+        schedule = LRSchedule(t.lr_schedule, t.learning_rate, t.steps, scale=lr_scale)
+        optimizer = make_optimizer(t, schedule)
+        optimizer.build([v for net in nets for v in net.trainable_variables])
+        step = tf.Variable(0, dtype=tf.int64, name="step")
+    return Trainer(nets, optimizer, schedule, lr_scale, rollbacks, step)
 
-    @tf.autograph.experimental.do_not_convert  # plain TF code; autograph only warns about it
-    def batches(s):
-        return s, (*make_batch(spec, fa, s, 0), *make_batch(spec, fb, s, 1))
 
-    return (
-        tf.data.Dataset.range(start, stop)
-        .map(batches, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        .prefetch(2)
+@dataclasses.dataclass
+class Resume:
+    """Where a training starts, from Checkpoints.open."""
+
+    start: int  # steps already done
+    end: int  # the step to stop at: train.steps, or `start` with --finish
+    history: list  # the loss rows up to `start`
+    run_id: str | None  # the MLflow run to reopen
+    schedule_steps: int  # the total the schedules were made for
+    stretch: list | None  # pipeline.stretched's map, once a run was lengthened
+    lengthened_from: int | None  # train.steps before this run raised it
+
+
+class Checkpoints:
+    """models/checkpoints: the TF checkpoints (the last train.keep_last, and a backup every
+    train.backup_every steps), history.csv (the loss rows up to the newest checkpoint) and
+    state.json (fingerprint, MLflow run, steps and the schedules' total and stretch)."""
+
+    def __init__(self, models_dir: Path, trainer: Trainer, t):
+        import tensorflow as tf
+
+        self.models_dir, self.dir, self.trainer, self.t = models_dir, models_dir / "checkpoints", trainer, t
+        self.state_file, self.history_file = self.dir / "state.json", self.dir / "history.csv"
+        self.ckpt = trainer.checkpoint()
+        self.manager = self.backups = None
+        self._tf = tf
+
+    def _managers(self):
+        tf = self._tf
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.manager = tf.train.CheckpointManager(self.ckpt, self.dir, max_to_keep=self.t.keep_last)
+        self.backups = tf.train.CheckpointManager(self.ckpt, self.dir / "backups", max_to_keep=None,
+                                                  checkpoint_name="backup")
+
+    def set_aside(self, state: dict, why: str) -> None:
+        stale = base = self.models_dir / f"checkpoints.stale-{state.get('fingerprint', 'unknown')}"
+        n = 1
+        while stale.exists() or stale.is_symlink():  # one set aside earlier: keep it too, never delete
+            n += 1
+            stale = base.with_name(f"{base.name}-{n}")
+        self.dir.rename(stale)
+        print(f"autoswap: {why} since {self.dir} was written; set it aside as {stale}")
+
+    def restore_latest(self) -> str | None:
+        """Newest first; a checkpoint that will not load (cut off, corrupted on disk) falls back
+        to the one before it, with a warning, rather than losing the whole run."""
+        for path in reversed(self.manager.checkpoints):
+            try:
+                self.ckpt.restore(path).assert_existing_objects_matched()
+                return path
+            except Exception as e:  # noqa: BLE001 - TF raises OpError, IndexError, ValueError... for bad files
+                print(f"autoswap: warning: checkpoint {path} is unreadable ({type(e).__name__}); trying the one before")
+                self.trainer.step.assign(0)
+        return None
+
+    def open(self, fp: str, finish: bool) -> Resume:
+        """Resume the run these checkpoints hold, or set them aside and start afresh. A run goes
+        on when only train.steps changed, unless a schedule's shape depends on the total: then
+        afresh, or stretched from the last step with train.on_more_steps stretch_schedule."""
+        from autoswap.optim import total_dependent
+        from autoswap.pipeline import stretched
+        from autoswap.report import read_history
+
+        t, step_var = self.t, self.trainer.step
+        state = json.loads(self.state_file.read_text()) if self.state_file.is_file() else None
+        depends = total_dependent(t)
+        old_steps = state.get("steps", t.steps) if state else t.steps
+        if state and state.get("fingerprint") != fp:
+            self.set_aside(state, "settings or data changed")
+            state = None
+        elif state and old_steps != t.steps and depends and t.on_more_steps != "stretch_schedule" and not finish:
+            print(
+                f"autoswap: train.steps changed from {old_steps} to {t.steps}, and {' and '.join(depends)} "
+                "depends on it: starting afresh. To go on from the last checkpoint with the schedule stretched "
+                "to the new end instead, set train.on_more_steps: stretch_schedule"
+            )
+            self.set_aside(state, "train.steps changed")
+            state = None
+        self._managers()
+        history: list[dict] = []
+        if state and self.manager.checkpoints:
+            path = self.restore_latest()
+            if int(step_var.numpy()):
+                history = [r for r in read_history(self.history_file) if r["step"] <= int(step_var.numpy())]
+                print(f"autoswap: resuming from {path} at step {int(step_var.numpy())}")
+        start = int(step_var.numpy())
+        if finish and not start:
+            raise UserError(f"{self.dir}: no checkpoint of these settings to finish from; run `autoswap train`")
+        end = start if finish else t.steps  # --finish: the final model of the last checkpoint, no more steps
+        if start > end:
+            raise UserError(
+                f"params.yaml: key 'train.steps': {t.steps} is below step {start}, which {self.dir} has reached; "
+                f"raise it, or end the run there with `autoswap train --finish`"
+            )
+        # the schedules' total and stretch: those of the run being continued, or this one's
+        schedule_steps = state.get("schedule_steps", old_steps) if state else t.steps
+        stretch = state.get("stretch") if state else None
+        lengthened = bool(state) and old_steps != t.steps and not finish
+        if lengthened and depends:  # on_more_steps stretch_schedule, checked above
+            e_k = float(stretched(start, stretch)) if stretch else float(start)
+            stretch = [start, e_k, t.steps - 1, schedule_steps - 1]
+            print(f"autoswap: {' and '.join(depends)} stretched from step {start} to the new end, {t.steps}")
+        elif lengthened:
+            print(f"autoswap: train.steps changed from {old_steps} to {t.steps}; going on from step {start}")
+        if not depends:
+            schedule_steps, stretch = t.steps, None  # nothing reads them
+        return Resume(start, end, history, state.get("run_id") if state else None, schedule_steps, stretch,
+                      old_steps if lengthened else None)
+
+    def write_state(self, fp: str, run_id: str, r: Resume) -> None:
+        atomic_write_json(self.state_file, {"fingerprint": fp, "run_id": run_id, "steps": self.t.steps,
+                                            "schedule_steps": r.schedule_steps, "stretch": r.stretch})
+
+    def save(self, step: int, history: list[dict]) -> None:
+        # TF writes checkpoint shards under temporary names and only then rewrites the
+        # `checkpoint` index (atomically), so a save cut off half-way never becomes the latest
+        from autoswap.report import write_history
+
+        tf = self._tf
+        try:
+            write_history(self.history_file, history)  # first: rows past the restored step are dropped on resume
+            self.manager.save(checkpoint_number=step)
+            if step % self.t.backup_every == 0:
+                self.backups.save(checkpoint_number=step)
+        except (OSError, tf.errors.OpError) as e:
+            why = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
+            raise UserError(
+                f"{self.dir}: could not save the step-{step} checkpoint ({why.splitlines()[0]}); free space or "
+                f"fix permissions and re-run: training resumes from the last good checkpoint"
+            ) from None
+
+
+def open_run(settings: Settings, run_id: str | None, r: Resume, n_faces: tuple[int, int]):
+    """The MLflow run: reopened on resume, else a new one with the params; tagged when lengthened."""
+    import mlflow
+
+    from autoswap import tracking
+
+    exp_id = tracking.setup(settings.tracking.experiment)
+    if run_id:
+        try:
+            mlflow.get_run(run_id)
+        except Exception:
+            run_id = None
+    # named here: MLflow's random names come from Python's `random`, which the seeding makes
+    # repeat, so every run with the same seed would get the same name
+    name = os.environ.get("DVC_EXP_NAME") or time.strftime("train-%Y%m%d-%H%M%S")
+    run = mlflow.start_run(
+        run_id=run_id, experiment_id=exp_id, run_name=None if run_id else name,
+        tags=tracking.run_tags() if not run_id else None,
     )
+    t = settings.train
+    if r.lengthened_from is not None:  # for `autoswap compare` and the UI: where, and how
+        mlflow.set_tag(f"autoswap.lengthened_at_step.{r.start}", f"train.steps {r.lengthened_from} -> {t.steps}"
+                       + (", schedule stretched (train.on_more_steps stretch_schedule)" if r.stretch else ""))
+        mlflow.log_param(f"train.steps.from_{r.start}", t.steps)
+    if r.start == 0:
+        params = flatten(settings)
+        params["autoswap.version"] = __version__
+        params["data.n_train_a"], params["data.n_train_b"] = n_faces
+        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+    return run
 
 
+def make_step(settings: Settings, trainer: Trainer, strategy, spec, sets: dict, end: int):
+    """-> (train_step, steps_from): the compiled step, and `steps_from(first)`, the (step, batch)
+    pairs from `first` to `end`. Host path: a tf.data pipeline builds the batches. On device (and
+    under a multi-replica strategy): the faces live on each device and the step builds its batch."""
+    import tensorflow as tf
+
+    from autoswap.pipeline import make_batch, make_dataset
+
+    t, replicas = settings.train, strategy.num_replicas_in_sync
+    forward_backward = make_forward_backward(trainer.nets, trainer.optimizer, t.loss, replicas)
+    if not (t.data_on_device or replicas > 1):
+        def steps_from(first: int):
+            return make_dataset(spec, sets["a"][0], sets["b"][0], first, end)
+
+        return tf.function(forward_backward, jit_compile=t.jit_compile), steps_from
+
+    # the decoded faces, copied once to every replica's device and kept there for the run
+    # (constants, not variables: collectives cannot broadcast uint8 variables)
+    fa = strategy.experimental_distribute_values_from_function(lambda _: tf.constant(sets["a"][0]))
+    fb = strategy.experimental_distribute_values_from_function(lambda _: tf.constant(sets["b"][0]))
+
+    def replica_step(s, faces_a, faces_b):
+        ctx = tf.distribute.get_replica_context()
+        part = ctx.replica_id_in_sync_group if ctx is not None else 0
+        wa, ta = make_batch(spec, faces_a, s, 0, part, replicas)
+        wb, tb = make_batch(spec, faces_b, s, 1, part, replicas)
+        return forward_backward(wa, ta, wb, tb)
+
+    def distributed_step(s):
+        la, lb = strategy.run(replica_step, args=(s, fa, fb))
+        return (strategy.reduce(tf.distribute.ReduceOp.SUM, la, axis=None),
+                strategy.reduce(tf.distribute.ReduceOp.SUM, lb, axis=None))
+
+    def steps_from(first: int):
+        return ((tf.constant(s, tf.int64), ()) for s in range(first, end))
+
+    # XLA compiles the whole step (augment, warp, forward, backward, Adam) on one device;
+    # under a multi-replica strategy the collectives stay outside XLA
+    return tf.function(distributed_step, jit_compile=t.jit_compile and replicas == 1), steps_from
+
+
+class DivergenceGuard:
+    """train.on_divergence: what a NaN/Inf or a jump of a logged loss leads to. Rollback restores
+    the last good checkpoint (the start, copied once, when none is saved yet) at a lower rate."""
+
+    def __init__(self, t, trainer: Trainer, ckpts: Checkpoints, start: int):
+        self.t, self.trainer, self.ckpts = t, trainer, ckpts
+        optimizer, nets = trainer.optimizer, trainer.nets
+        self.tracked = [v for net in nets for v in net.weights] + list(optimizer.variables) + [trainer.step]
+        self.initial = [v.numpy() for v in self.tracked] if start == 0 and t.on_divergence == "rollback" else None
+        self.warned = False
+
+    def check(self, history: list[dict], info: dict, losses: np.ndarray) -> tuple[str | None, bool]:
+        """-> (why the run has diverged or None, whether the losses are finite)."""
+        if not np.isfinite(losses).all():
+            return f"loss became {losses[~np.isfinite(losses)][0]}", False
+        return loss_jump(history, info, self.t.divergence_factor), True
+
+    def __call__(self, step: int, why: str, finite: bool, history: list[dict]) -> int | None:
+        """The step to go on from after a rollback, None to go on (warn). Raises UserError to
+        stop, leaving the last good checkpoint as it is."""
+        import mlflow
+
+        t, tr = self.t, self.trainer
+        mlflow.set_tag("autoswap.diverged_at_step", step)
+        n = int(tr.rollbacks.numpy())
+        if t.on_divergence == "warn" and finite:
+            if not self.warned:  # said once, and kept on the MLflow run for `autoswap compare`
+                self.warned = True
+                print(f"autoswap: warning: step {step}: {why}: the run has probably diverged; lower "
+                      f"train.learning_rate. Earlier checkpoints are in {self.ckpts.dir}", file=sys.stderr)
+            return None
+        if t.on_divergence != "rollback" or n >= t.max_rollbacks:
+            after = f" after {n} rollback(s)" if t.on_divergence == "rollback" else ""
+            mlflow.set_tag("autoswap.stopped", f"diverged at step {step}{after}")
+            raise UserError(
+                f"{why} by step {step}; lower train.learning_rate ({t.learning_rate}) or set "
+                f"train.clip_grad_norm; stopped{after} (train.on_divergence {t.on_divergence}), "
+                f"last good checkpoint kept in {self.ckpts.dir}"
+            )
+        scale = float(tr.lr_scale.numpy()) * t.rollback_lr_factor
+        if self.ckpts.restore_latest() is None:  # nothing saved yet: back to the start
+            for v, x in zip(self.tracked, self.initial, strict=True):
+                v.assign(x)
+        tr.lr_scale.assign(scale)
+        tr.rollbacks.assign(n + 1)
+        back = int(tr.step.numpy())
+        history[:] = [r for r in history if r["step"] <= back]
+        lr = float(tr.schedule(back))
+        print(
+            f"autoswap: warning: step {step}: {why}; rolled back to step {back} with the learning rate "
+            f"x{t.rollback_lr_factor} (now {lr:.3g}), rollback {n + 1} of {t.max_rollbacks}",
+            file=sys.stderr, flush=True,
+        )
+        mlflow.set_tag(f"autoswap.rollback.{n + 1}", f"step {step} -> {back}: {why}; lr now {lr:.3g}")
+        mlflow.log_metric("rollbacks", n + 1, step=step)
+        return back
+
+
+def log_info(t, trainer: Trainer, spec, step: int, losses: np.ndarray, n_window: int, dt: float) -> dict:
+    """One logged row: the mean losses since the last log (and each term of a mix), the rate and
+    warp as applied, and the throughput. losses: (n, 2 x (1 + terms))."""
+    from autoswap.losses import component_names
+    from autoswap.pipeline import warp_stddev
+
+    parts = component_names(t.loss)  # per person: total, then these terms
+    cols = 1 + len(parts)
+    info = {
+        "loss_a": float(losses[:, 0].mean()),
+        "loss_b": float(losses[:, cols].mean()),
+        "learning_rate": float(trainer.schedule(step - 1)),
+        "warp_stddev": float(warp_stddev(spec, step - 1)),
+        "images_per_s": 2 * t.batch_size * n_window / max(dt, 1e-9),
+    }
+    for i, name in enumerate(parts):  # loss_a.dssim, ...: each term unweighted, as MLflow metrics
+        info[f"loss_a.{name}"] = float(losses[:, 1 + i].mean())
+        info[f"loss_b.{name}"] = float(losses[:, cols + 1 + i].mean())
+    return info
+
+
+def run_loop(t, trainer, spec, ckpts, r: Resume, train_step, steps_from, log_preview) -> list[dict]:
+    """Train from r.start to r.end: log every train.log_every steps, save every save_every,
+    preview every preview_every, and hand divergences to the guard. -> the loss history."""
+    import mlflow
+
+    from autoswap.report import LOSS_FIELDS
+
+    history, guard = r.history, DivergenceGuard(t, trainer, ckpts, r.start)
+    progress = Progress(r.start, r.end)
+    pending: list = []
+    t_window, n_window = time.time(), 0
+    try:
+        first = r.start
+        while first is not None:  # once, and again from the restored step after each rollback
+            steps_iter, first = steps_from(first), None
+            for s, batch in steps_iter:
+                trainer.step.assign(s)
+                pending.append(train_step(*batch) if batch else train_step(s))
+                n_window += 1
+                step = int(s) + 1  # steps done
+                trainer.step.assign(step)
+                last = step == r.end
+                if step % t.log_every == 0 or step % t.save_every == 0 or last:
+                    losses = np.array([[float(v) for x in p for v in np.ravel(np.asarray(x))] for p in pending])
+                    pending.clear()
+                    info = log_info(t, trainer, spec, step, losses, n_window, time.time() - t_window)
+                    t_window, n_window = time.time(), 0
+                    # checked before the save below, so a checkpoint never holds a diverged state
+                    why, finite = guard.check(history, info, losses)
+                    if why and (first := guard(step, why, finite, history)) is not None:
+                        progress.rewind(first)
+                        break
+                    history.append({"step": step, **{k: info[k] for k in LOSS_FIELDS[1:]}})
+                    mlflow.log_metrics(info, step=step)
+                    progress.update(step, len(losses), info)
+                if step % t.save_every == 0 or last:
+                    ckpts.save(step, history)
+                if step % t.preview_every == 0 or last:
+                    log_preview(step)
+    finally:
+        progress.close()
+    if history and (why := loss_jump(history[:-1], history[-1], t.divergence_factor)):
+        # warn mode, still diverged at the end: those weights are no model
+        mlflow.set_tag("autoswap.stopped", f"ended diverged at step {history[-1]['step']}")
+        raise UserError(
+            f"training ended diverged ({why}); models/final not written. Lower train.learning_rate "
+            f"or use train.on_divergence rollback; earlier checkpoints are in {ckpts.dir}"
+        )
+    return history
+
+
+def write_final(settings: Settings, trainer: Trainer, end: int, history, run_id: str, dirs) -> dict:
+    """models/final, models/run.json, metrics/train.json and plots/loss.csv, also in MLflow."""
+    import mlflow
+
+    from autoswap import model as M
+    from autoswap import tracking
+    from autoswap.report import write_history
+
+    models_dir, metrics_dir, plots_dir = dirs
+    final_dir = models_dir / "final"
+    meta = {
+        "autoswap_version": __version__,
+        "model": settings.model.model_dump(mode="json"),
+        "face_size": settings.data.face_size,
+        "crop": settings.train.crop,
+        "steps": end,
+        "seed": settings.seed,
+    }
+    # the run id stays out of models/final (a DVC output: same training, same bytes, same hash);
+    # models/run.json, beside it and not tracked, ties these files to the run (tracking.model_run)
+    M.save_final(final_dir, trainer.nets, meta)
+    tracking.write_model_run(final_dir, run_id, tracking.tracking_uri())
+    mlflow.log_artifacts(str(final_dir), artifact_path="weights")
+    write_history(plots_dir / "loss.csv", history)
+    last = history[-1] if history else {"loss_a": float("nan"), "loss_b": float("nan")}
+    result = {"steps": end, "loss_a": round(last["loss_a"], 6), "loss_b": round(last["loss_b"], 6)}
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(metrics_dir / "train.json", result)
+    mlflow.log_artifact(str(plots_dir / "loss.csv"))
+    return result
+
+
+# ----------------------------------------------------------------------------- the stage
 @contextmanager
 def training_lock(models_dir: Path):
     """One `autoswap train` at a time per models folder: two would share models/checkpoints and
@@ -255,64 +672,23 @@ def train(
 
 
 def _train(settings: Settings, metrics_dir: Path, plots_dir: Path, finish: bool) -> dict:
-    import keras
     import mlflow
     import tensorflow as tf
 
-    from autoswap import model as M
-    from autoswap import tracking
     from autoswap.losses import needs_maps
-    from autoswap.optim import LRSchedule, make_optimizer, total_dependent
-    from autoswap.pipeline import BatchSpec, load_faces, load_maps, make_batch, stretched, warp_stddev
-    from autoswap.report import LOSS_FIELDS, preview_grid, read_history, write_history
+    from autoswap.pipeline import BatchSpec
+    from autoswap.report import preview_grid
 
     t = settings.train
-    faces_root = settings.data.faces_dir
-    sets = {}
-    for side in ("a", "b"):
-        faces, files, _ = load_faces(faces_root / side / "train", settings.data.face_size)
-        if len(faces) < 2:
-            raise UserError(
-                f"{faces_root / side / 'train'}: {len(faces)} usable face image(s) for person {side.upper()}, "
-                "need at least 2; run `dvc repro prepare` or add images"
-            )
-        if needs_maps(t.loss):
-            # mask, eyes, mouth as channels 3-5: make_batch carries them through the augmentation
-            faces = np.concatenate([faces, load_maps(faces_root / side / "train", files, settings.data.face_size)], -1)
-        sets[side] = (faces, files)
-    val = {s: load_faces(faces_root / s / "val", settings.data.face_size)[0][: settings.preview.faces] for s in "ab"}
-
-    if t.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    keras.utils.set_random_seed(settings.seed)  # weight initialisation
-
-    spec = BatchSpec.from_settings(settings)
+    sets, val = load_training_faces(settings)
     strategy = make_strategy(t.strategy)
-    replicas = strategy.num_replicas_in_sync
-    if t.batch_size % replicas:
-        raise UserError(f"params.yaml: train.batch_size {t.batch_size} must divide among {replicas} replicas")
-    chief = is_chief(strategy)
-    with strategy.scope():
-        # bfloat16 compute, float32 weights; model.py keeps the output conv in float32. The policy
-        # is Keras-global, so it is set for the build only and does not leak into later models
-        before = keras.mixed_precision.global_policy()
-        keras.mixed_precision.set_global_policy("mixed_bfloat16" if t.mixed_precision else before)
-        try:
-            encoder, decoder_a, decoder_b = nets = M.build(settings.model, conv_as_matmul(t))
-        finally:
-            keras.mixed_precision.set_global_policy(before)
-        # rollbacks after a divergence lower the rate: kept in the checkpoint, so a resumed run goes on as it was
-        lr_scale = tf.Variable(1.0, dtype=tf.float32, trainable=False, name="lr_scale")
-        rollbacks = tf.Variable(0, dtype=tf.int64, trainable=False, name="rollbacks")
-        schedule = LRSchedule(t.lr_schedule, t.learning_rate, t.steps, scale=lr_scale)
-        optimizer = make_optimizer(t, schedule)
-        train_vars = encoder.trainable_variables + decoder_a.trainable_variables + decoder_b.trainable_variables
-        optimizer.build(train_vars)
-        step_var = tf.Variable(0, dtype=tf.int64, name="step")
+    if t.batch_size % strategy.num_replicas_in_sync:
+        raise UserError(f"params.yaml: train.batch_size {t.batch_size} must divide among "
+                        f"{strategy.num_replicas_in_sync} replicas")
+    trainer = build_trainer(settings, strategy)
 
-    # ---- checkpoints and resume
     models_dir = t.models_dir
-    if not chief:
+    if not is_chief(strategy):
         # other workers take part in every collective (saves included) but write to scratch,
         # so the project sees one set of checkpoints, weights, metrics and one MLflow run
         import tempfile
@@ -320,313 +696,43 @@ def _train(settings: Settings, metrics_dir: Path, plots_dir: Path, finish: bool)
         scratch = Path(tempfile.mkdtemp(prefix="autoswap-worker-"))
         models_dir, metrics_dir, plots_dir = scratch / "models", scratch / "metrics", scratch / "plots"
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{scratch / 'mlflow.db'}"
-    ckpt_dir = models_dir / "checkpoints"
     # the landmark manifests too when the maps come from them: new landmarks, new maps
-    manifests = [faces_root / side / "manifest.jsonl" for side in "ab"] if needs_maps(t.loss) else []
+    root = settings.data.faces_dir
+    manifests = [root / side / "manifest.jsonl" for side in "ab"] if needs_maps(t.loss) else []
     fp = fingerprint(settings, sets["a"][1] + sets["b"][1] + manifests)
-    state_file = ckpt_dir / "state.json"
-    state = json.loads(state_file.read_text()) if state_file.is_file() else None
-    def set_aside(why: str) -> None:
-        stale = base = models_dir / f"checkpoints.stale-{state.get('fingerprint', 'unknown')}"
-        n = 1
-        while stale.exists() or stale.is_symlink():  # one set aside earlier: keep it too, never delete
-            n += 1
-            stale = base.with_name(f"{base.name}-{n}")
-        ckpt_dir.rename(stale)
-        print(f"autoswap: {why} since {ckpt_dir} was written; set it aside as {stale}")
+    ckpts = Checkpoints(models_dir, trainer, t)
+    r = ckpts.open(fp, finish)
+    trainer.schedule.total, trainer.schedule.stretch = r.schedule_steps, r.stretch
+    spec = dataclasses.replace(BatchSpec.from_settings(settings), steps=r.schedule_steps,
+                               stretch=tuple(r.stretch) if r.stretch else None)
 
-    # a run goes on from its checkpoints when only train.steps changed, unless a schedule's shape
-    # depends on the total (then: afresh, or stretched from the last step with on_more_steps)
-    depends = total_dependent(t)
-    old_steps = state.get("steps", t.steps) if state else t.steps
-    if state and state.get("fingerprint") != fp:
-        set_aside("settings or data changed")
-        state = None
-    elif state and old_steps != t.steps and depends and t.on_more_steps != "stretch_schedule" and not finish:
-        print(
-            f"autoswap: train.steps changed from {old_steps} to {t.steps}, and {' and '.join(depends)} "
-            "depends on it: starting afresh. To go on from the last checkpoint with the schedule stretched "
-            "to the new end instead, set train.on_more_steps: stretch_schedule"
-        )
-        set_aside("train.steps changed")
-        state = None
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = tf.train.Checkpoint(
-        encoder=encoder, decoder_a=decoder_a, decoder_b=decoder_b, optimizer=optimizer, step=step_var,
-        lr_scale=lr_scale, rollbacks=rollbacks,
-    )
-    manager = tf.train.CheckpointManager(ckpt, ckpt_dir, max_to_keep=t.keep_last)
-    backups = tf.train.CheckpointManager(ckpt, ckpt_dir / "backups", max_to_keep=None, checkpoint_name="backup")
-    history_file = ckpt_dir / "history.csv"
-    history: list[dict] = []
-
-    def restore_latest() -> str | None:
-        # newest first; a checkpoint that will not load (cut off, corrupted on disk) falls back
-        # to the one before it, with a warning, rather than losing the whole run
-        for path in reversed(manager.checkpoints):
-            try:
-                ckpt.restore(path).assert_existing_objects_matched()
-                return path
-            except Exception as e:  # noqa: BLE001 - TF raises OpError, IndexError, ValueError... for bad files
-                print(f"autoswap: warning: checkpoint {path} is unreadable ({type(e).__name__}); trying the one before")
-                step_var.assign(0)
-        return None
-
-    if state and manager.checkpoints:
-        path = restore_latest()
-        if int(step_var.numpy()):
-            history = [r for r in read_history(history_file) if r["step"] <= int(step_var.numpy())]
-            print(f"autoswap: resuming from {path} at step {int(step_var.numpy())}")
-    start = int(step_var.numpy())
-    if finish and not start:
-        raise UserError(f"{ckpt_dir}: no checkpoint of these settings to finish from; run `autoswap train`")
-    end = start if finish else t.steps  # --finish: the final model of the last checkpoint, no more steps
-    if start > end:
-        raise UserError(
-            f"params.yaml: key 'train.steps': {t.steps} is below step {start}, which {ckpt_dir} has reached; "
-            f"raise it, or end the run there with `autoswap train --finish`"
-        )
-    # the schedules' total and stretch: those of the run being continued, or this one's
-    schedule_steps = state.get("schedule_steps", old_steps) if state else t.steps
-    stretch = state.get("stretch") if state else None
-    lengthened = bool(state) and old_steps != t.steps and not finish
-    if lengthened and depends:  # on_more_steps stretch_schedule, checked above
-        e_k = float(stretched(start, stretch)) if stretch else float(start)
-        stretch = [start, e_k, t.steps - 1, schedule_steps - 1]
-        print(f"autoswap: {' and '.join(depends)} stretched from step {start} to the new end, {t.steps}")
-    elif lengthened:
-        print(f"autoswap: train.steps changed from {old_steps} to {t.steps}; going on from step {start}")
-    if not depends:
-        schedule_steps, stretch = t.steps, None  # nothing reads them
-    schedule.total, schedule.stretch = schedule_steps, stretch
-    spec = dataclasses.replace(spec, steps=schedule_steps, stretch=tuple(stretch) if stretch else None)
-
-    # ---- MLflow: one run per training, reopened on resume
-    exp_id = tracking.setup(settings.tracking.experiment)
-    run_id = state.get("run_id") if state else None
-    if run_id:
-        try:
-            mlflow.get_run(run_id)
-        except Exception:
-            run_id = None
-    # named here: MLflow's random names come from Python's `random`, which the seeding above
-    # makes repeat, so every run with the same seed would get the same name
-    name = os.environ.get("DVC_EXP_NAME") or time.strftime("train-%Y%m%d-%H%M%S")
-    run = mlflow.start_run(
-        run_id=run_id, experiment_id=exp_id, run_name=None if run_id else name,
-        tags=tracking.run_tags() if not run_id else None,
-    )
-    run_id = run.info.run_id
-    state = {"fingerprint": fp, "run_id": run_id, "steps": t.steps, "schedule_steps": schedule_steps, "stretch": stretch}
-    atomic_write_json(state_file, state)
-    if lengthened:  # on the run, for `autoswap compare` and the UI: where it was lengthened, and how
-        mlflow.set_tag(f"autoswap.lengthened_at_step.{start}", f"train.steps {old_steps} -> {t.steps}"
-                       + (", schedule stretched (train.on_more_steps stretch_schedule)" if depends else ""))
-        mlflow.log_param(f"train.steps.from_{start}", t.steps)
-    if start == 0:
-        params = flatten(settings)
-        params["autoswap.version"] = __version__
-        params["data.n_train_a"], params["data.n_train_b"] = len(sets["a"][0]), len(sets["b"][0])
-        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
-
-    # ---- the step
-    on_device = t.data_on_device or replicas > 1
-
-    forward_backward = make_forward_backward(nets, optimizer, t.loss, replicas)
-
-    if not on_device:
-        train_step = tf.function(forward_backward, jit_compile=t.jit_compile)
-
-        def steps_from(first: int):
-            return make_dataset(spec, sets["a"][0], sets["b"][0], first, end)
-    else:
-        # the decoded faces, copied once to every replica's device and kept there for the run
-        # (constants, not variables: collectives cannot broadcast uint8 variables)
-        fa = strategy.experimental_distribute_values_from_function(lambda _: tf.constant(sets["a"][0]))
-        fb = strategy.experimental_distribute_values_from_function(lambda _: tf.constant(sets["b"][0]))
-
-        def replica_step(s, faces_a, faces_b):
-            ctx = tf.distribute.get_replica_context()
-            part = ctx.replica_id_in_sync_group if ctx is not None else 0
-            wa, ta = make_batch(spec, faces_a, s, 0, part, replicas)
-            wb, tb = make_batch(spec, faces_b, s, 1, part, replicas)
-            return forward_backward(wa, ta, wb, tb)
-
-        def distributed_step(s):
-            la, lb = strategy.run(replica_step, args=(s, fa, fb))
-            return (strategy.reduce(tf.distribute.ReduceOp.SUM, la, axis=None),
-                    strategy.reduce(tf.distribute.ReduceOp.SUM, lb, axis=None))
-
-        # XLA compiles the whole step (augment, warp, forward, backward, Adam) on one device;
-        # under a multi-replica strategy the collectives stay outside XLA
-        train_step = tf.function(distributed_step, jit_compile=t.jit_compile and replicas == 1)
-
-        def steps_from(first: int):
-            return ((tf.constant(s, tf.int64), ()) for s in range(first, end))
-
-    def save(step: int):
-        # TF writes checkpoint shards under temporary names and only then rewrites the
-        # `checkpoint` index (atomically), so a save cut off half-way never becomes the latest
-        try:
-            write_history(history_file, history)  # first: rows past the restored step are dropped on resume
-            manager.save(checkpoint_number=step)
-            if step % t.backup_every == 0:
-                backups.save(checkpoint_number=step)
-        except (OSError, tf.errors.OpError) as e:
-            why = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
-            raise UserError(
-                f"{ckpt_dir}: could not save the step-{step} checkpoint ({why.splitlines()[0]}); free space or "
-                f"fix permissions and re-run: training resumes from the last good checkpoint"
-            ) from None
+    run = open_run(settings, r.run_id, r, (len(sets["a"][0]), len(sets["b"][0])))
+    ckpts.write_state(fp, run.info.run_id, r)
+    train_step, steps_from = make_step(settings, trainer, strategy, spec, sets, r.end)
 
     def log_preview(step: int):
         if len(val["a"]) and len(val["b"]):
-            grid = preview_grid(nets, spec, val["a"], val["b"])
-            mlflow.log_image(grid, artifact_file=f"previews/step_{step:06d}.png")
+            mlflow.log_image(preview_grid(trainer.nets, spec, val["a"], val["b"]),
+                             artifact_file=f"previews/step_{step:06d}.png")
 
     # Grappler's remapper fails on the train step's graph (it fuses a Conv2D + BiasAdd + LeakyRelu
     # whose BiasAdd the LeakyReluGrad still reads), prints "E0000 ... remapper failed" into the
     # user's log, and keeps the graph unchanged. Off for training, nothing changes but that line:
     # the same losses bit for bit and the same step time (measured at the seed's size).
-    # Restored after the loop.
     remapping = tf.config.optimizer.get_experimental_options().get("remapping", True)
     tf.config.optimizer.set_experimental_options({"remapping": False})
-    # The state a rollback returns to when no checkpoint has been saved yet: the start (weights,
-    # Adam's moments, step), copied once. Rollbacks to a saved checkpoint restore it from disk.
-    tracked = [v for net in nets for v in net.weights] + list(optimizer.variables) + [step_var]
-    initial = [v.numpy() for v in tracked] if start == 0 and t.on_divergence == "rollback" else None
-
-    def diverge(step: int, why: str, finite: bool) -> int | None:
-        """A divergence found at `step`: the step to go on from after a rollback, None to go on
-        (warn). Raises UserError to stop, leaving the last good checkpoint as it is."""
-        mlflow.set_tag("autoswap.diverged_at_step", step)
-        n = int(rollbacks.numpy())
-        if t.on_divergence == "warn" and finite:
-            return None
-        if t.on_divergence != "rollback" or n >= t.max_rollbacks:
-            after = f" after {n} rollback(s)" if t.on_divergence == "rollback" else ""
-            mlflow.set_tag("autoswap.stopped", f"diverged at step {step}{after}")
-            raise UserError(
-                f"{why} by step {step}; lower train.learning_rate ({t.learning_rate}) or set "
-                f"train.clip_grad_norm; stopped{after} (train.on_divergence {t.on_divergence}), "
-                f"last good checkpoint kept in {ckpt_dir}"
-            )
-        scale = float(lr_scale.numpy()) * t.rollback_lr_factor
-        path = restore_latest()
-        if path is None:  # nothing saved yet: back to the start
-            for v, x in zip(tracked, initial, strict=True):
-                v.assign(x)
-        lr_scale.assign(scale)
-        rollbacks.assign(n + 1)
-        back = int(step_var.numpy())
-        history[:] = [r for r in history if r["step"] <= back]
-        lr = float(schedule(back))
-        print(
-            f"autoswap: warning: step {step}: {why}; rolled back to step {back} with the learning rate "
-            f"x{t.rollback_lr_factor} (now {lr:.3g}), rollback {n + 1} of {t.max_rollbacks}",
-            file=sys.stderr, flush=True,
-        )
-        mlflow.set_tag(f"autoswap.rollback.{n + 1}", f"step {step} -> {back}: {why}; lr now {lr:.3g}")
-        mlflow.log_metric("rollbacks", n + 1, step=step)
-        return back
-
-    progress = Progress(start, end)
-    pending: list = []
-    t_window, n_window = time.time(), 0
-    warned = False
     status = "FAILED"
-    from autoswap.losses import component_names
-
-    parts = component_names(t.loss)  # per person: total, then these terms
-    cols = 1 + len(parts)
     try:
-        first = start
-        while first is not None:  # once, and again from the restored step after each rollback
-            steps_iter, first = steps_from(first), None
-            for s, batch in steps_iter:
-                step_var.assign(s)
-                pending.append(train_step(*batch) if batch else train_step(s))
-                n_window += 1
-                step = int(s) + 1  # steps done
-                step_var.assign(step)
-                last = step == end
-                if step % t.log_every == 0 or step % t.save_every == 0 or last:
-                    losses = np.array([[float(v) for x in p for v in np.ravel(np.asarray(x))] for p in pending])  # (n, 2 cols)
-                    pending.clear()
-                    dt = time.time() - t_window
-                    info = {
-                        "loss_a": float(losses[:, 0].mean()),
-                        "loss_b": float(losses[:, cols].mean()),
-                        "learning_rate": float(schedule(step - 1)),
-                        "warp_stddev": float(warp_stddev(spec, step - 1)),
-                        "images_per_s": 2 * t.batch_size * n_window / max(dt, 1e-9),
-                    }
-                    for i, name in enumerate(parts):  # loss_a.dssim, ...: each term unweighted, as MLflow metrics
-                        info[f"loss_a.{name}"] = float(losses[:, 1 + i].mean())
-                        info[f"loss_b.{name}"] = float(losses[:, cols + 1 + i].mean())
-                    t_window, n_window = time.time(), 0
-                    # checked before the save below, so a checkpoint never holds a diverged state
-                    finite = bool(np.isfinite(losses).all())
-                    if not finite:
-                        why = f"loss became {losses[~np.isfinite(losses)][0]}"
-                    else:
-                        why = loss_jump(history, info, t.divergence_factor)
-                    if why:
-                        first = diverge(step, why, finite)
-                        if first is not None:
-                            progress.rewind(first)
-                            break
-                        if not warned:  # warn: said once, and kept on the MLflow run for `autoswap compare`
-                            warned = True
-                            print(f"autoswap: warning: step {step}: {why}: the run has probably diverged; lower "
-                                  f"train.learning_rate. Earlier checkpoints are in {ckpt_dir}", file=sys.stderr)
-                    history.append({"step": step, **{k: info[k] for k in LOSS_FIELDS[1:]}})
-                    mlflow.log_metrics(info, step=step)
-                    progress.update(step, len(losses), info)
-                if step % t.save_every == 0 or last:
-                    save(step)
-                if step % t.preview_every == 0 or last:
-                    log_preview(step)
-        if history and (why := loss_jump(history[:-1], history[-1], t.divergence_factor)):
-            # warn mode, still diverged at the end: those weights are no model
-            mlflow.set_tag("autoswap.stopped", f"ended diverged at step {history[-1]['step']}")
-            raise UserError(
-                f"training ended diverged ({why}); models/final not written. Lower train.learning_rate "
-                f"or use train.on_divergence rollback; earlier checkpoints are in {ckpt_dir}"
-            )
+        history = run_loop(t, trainer, spec, ckpts, r, train_step, steps_from, log_preview)
         if finish:
-            mlflow.set_tag("autoswap.finished_early_at_step", end)
-            print(f"autoswap: finished at step {end} of {t.steps} (train --finish)")
+            mlflow.set_tag("autoswap.finished_early_at_step", r.end)
+            print(f"autoswap: finished at step {r.end} of {t.steps} (train --finish)")
+        result = write_final(settings, trainer, r.end, history, run.info.run_id, (models_dir, metrics_dir, plots_dir))
         status = "FINISHED"
+        return result
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
-        progress.close()
         tf.config.optimizer.set_experimental_options({"remapping": remapping})
-        if status != "FINISHED":
-            mlflow.end_run(status=status)
-
-    # ---- final weights, metrics, plots
-    final_dir = models_dir / "final"
-    meta = {
-        "autoswap_version": __version__,
-        "model": settings.model.model_dump(mode="json"),
-        "face_size": settings.data.face_size,
-        "crop": t.crop,
-        "steps": end,
-        "seed": settings.seed,
-    }
-    # the run id stays out of models/final (a DVC output: same training, same bytes, same hash);
-    # models/run.json, beside it and not tracked, ties these files to the run (tracking.model_run)
-    M.save_final(final_dir, nets, meta)
-    tracking.write_model_run(final_dir, run_id, tracking.tracking_uri())
-    mlflow.log_artifacts(str(final_dir), artifact_path="weights")
-    write_history(plots_dir / "loss.csv", history)
-    last = history[-1] if history else {"loss_a": float("nan"), "loss_b": float("nan")}
-    result = {"steps": end, "loss_a": round(last["loss_a"], 6), "loss_b": round(last["loss_b"], 6)}
-    metrics_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(metrics_dir / "train.json", result)
-    mlflow.log_artifact(str(plots_dir / "loss.csv"))
-    mlflow.end_run("FINISHED")
-    return result
+        mlflow.end_run(status=status)
