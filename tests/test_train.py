@@ -667,3 +667,58 @@ def test_an_older_set_aside_checkpoint_folder_is_kept_never_deleted(tmp_path, fa
     aside = models / f"checkpoints.stale-{fp}-2"
     assert json.loads((aside / "state.json").read_text())["fingerprint"] == fp
     assert f"set it aside as {aside}" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- trainer workflow
+def test_timelapse_has_one_frame_per_preview_and_the_previews_carry_step_and_loss(tmp_path, faces, mlflow_store):
+    from PIL import Image
+
+    s, _ = run(tmp_path, data={"faces_dir": str(faces)}, train={"steps": 9, "preview_every": 3, "log_every": 3})
+    gif = Image.open(tmp_path / "models" / "timelapse.gif")
+    assert gif.n_frames == 3  # steps 3, 6, 9
+    frames = sorted((tmp_path / "models" / "checkpoints" / "timelapse").glob("step_*.png"))
+    assert [f.name for f in frames] == ["step_000003.png", "step_000006.png", "step_000009.png"]
+    # a caption row (step, losses) above the labels: 14 px taller than the preview stage's grid
+    from autoswap.model import load_final
+    from autoswap.pipeline import BatchSpec, load_faces
+    from autoswap.report import preview_grid
+
+    *nets, _ = load_final(tmp_path / "models" / "final")
+    val = load_faces(faces / "a" / "val", 64)[0][:2]
+    plain = preview_grid(nets, BatchSpec.from_settings(s), val, val)
+    assert np.asarray(Image.open(frames[-1])).shape[0] == plain.shape[0] + 14
+    arts = [f.path for f in mlflow.MlflowClient().list_artifacts(run_of(tmp_path), "previews")]
+    assert "previews/timelapse.gif" in arts and "previews/step_000009.png" in arts
+
+
+def test_provenance_tags_on_a_tiny_run(tmp_path, faces, mlflow_store):
+    import subprocess
+
+    import tensorflow as tf
+
+    # the project is a git repository with a change not committed: the run says so
+    subprocess.run(["git", "init", "-q", str(mlflow_store)], check=True)
+    (mlflow_store / "README").write_text("x")
+    git = ["git", "-C", str(mlflow_store), "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run([*git, "add", "README"], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    (mlflow_store / "README").write_text("changed")
+    run(tmp_path, data={"faces_dir": str(faces)})
+    tags = mlflow.MlflowClient().get_run(run_of(tmp_path)).data.tags
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert tags["mlflow.source.git.commit"] == head and tags["autoswap.git.dirty"] == "true"
+    assert len(tags["autoswap.data.fingerprint"]) == 16
+    assert (tags["autoswap.data.n_train_a"], tags["autoswap.data.n_val_b"]) == ("10", "3")
+    assert tags["autoswap.tensorflow"] == tf.__version__ and tags["autoswap.seed"] == "3"
+    assert tags["autoswap.gpu"] == "none" and "logical cores" in tags["autoswap.cpu"]
+    assert "autoswap.cuda" in tags and "autoswap.cudnn" in tags
+    # the same faces give the same face-set fingerprint; one more face, another
+    other = tmp_path / "other"
+    run(other, data={"faces_dir": str(faces)})
+    assert mlflow.MlflowClient().get_run(run_of(other)).data.tags["autoswap.data.fingerprint"] == tags[
+        "autoswap.data.fingerprint"]
+    # and `autoswap compare --tags` shows chosen ones
+    from autoswap.compare import compare
+
+    table = compare("autoswap", tmp_path / "c.png", ("autoswap.git.dirty", "autoswap.gpu"))["table"]
+    assert "autoswap.git.dirty" in table.splitlines()[0] and "true" in table.splitlines()[2]

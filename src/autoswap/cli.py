@@ -160,7 +160,8 @@ def cmd_compare(args):
     from autoswap.config import load
 
     experiment = args.experiment or (load(args.params).tracking.experiment if args.params.is_file() else "autoswap")
-    r = compare(experiment, args.out)
+    tags = tuple(t.strip() for t in (args.tags or "").split(",") if t.strip())
+    r = compare(experiment, args.out, tags)
     print(r["table"])
     print(f"autoswap: {len(r['rows'])} run(s) of experiment '{experiment}'; wrote {r['out']}")
 
@@ -263,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp = sub.add_parser("compare", help="table and plot of the MLflow runs (learning rates, warp schedules, ...)")
     cp.add_argument("--experiment", help="MLflow experiment (default: tracking.experiment in params.yaml)")
     cp.add_argument("--out", type=Path, default=Path("compare.png"), help="comparison PNG to write")
+    cp.add_argument("--tags", help="run tags to show too, comma-separated (e.g. autoswap.gpu,autoswap.git.dirty)")
     cp.set_defaults(fn=cmd_compare)
     return p
 

@@ -39,7 +39,7 @@ METRICS = (
 BAR_METRICS = ("swap_mae", "cycle_mae", "recon_mae")
 
 
-def collect(experiment: str) -> list[dict]:
+def collect(experiment: str, tags: tuple[str, ...] = ()) -> list[dict]:
     """One dict per run of `experiment`, oldest first: run_id, name, exp (DVC), status, start,
     params {column: str}, metrics {column: float}. UserError when there is nothing to compare."""
     import logging
@@ -72,6 +72,7 @@ def collect(experiment: str) -> list[dict]:
             "start": r.info.start_time,
             "params": {col: r.data.params[key] for key, col in PARAMS if key in r.data.params},
             "metrics": {col: r.data.metrics[key] for key, col in METRICS if key in r.data.metrics},
+            "tags": {k: r.data.tags.get(k, "-") for k in tags},  # chosen ones: --tags autoswap.gpu,...
         })
     return rows
 
@@ -85,12 +86,14 @@ def format_table(rows: list[dict]) -> str:
     """Fixed-width text, one line per run; '-' where a run lacks a value. Metric columns that no
     run has (cycle_mae before any evaluation, swap_mae without ground truth) are left out."""
     metrics = [c for _, c in METRICS if any(c in r["metrics"] for r in rows)]
-    head = ["run", "id", "dvc exp", "status"] + [c for _, c in PARAMS] + metrics
+    tags = list(rows[0].get("tags", {})) if rows else []
+    head = ["run", "id", "dvc exp", "status"] + [c for _, c in PARAMS] + metrics + tags
     lines = []
     for r in rows:
         cells = [r["name"], r["run_id"][:8], r["exp"] or "-", r["status"]]
         cells += [r["params"].get(c, "-") for _, c in PARAMS]
         cells += [f"{r['metrics'][c]:.4f}" if c in r["metrics"] else "-" for c in metrics]
+        cells += [r["tags"][k] for k in tags]
         lines.append(cells)
     widths = [max(len(str(x)) for x in col) for col in zip(head, *lines, strict=True)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
@@ -157,11 +160,12 @@ def plot(rows: list[dict], out: Path, histories: dict[str, dict[str, list[tuple[
     return out
 
 
-def compare(experiment: str = "autoswap", out: Path = Path("compare.png")) -> dict:
-    """Read every run of `experiment`, write the comparison PNG; returns {rows, table, out}."""
+def compare(experiment: str = "autoswap", out: Path = Path("compare.png"), tags: tuple[str, ...] = ()) -> dict:
+    """Read every run of `experiment`, write the comparison PNG; returns {rows, table, out}.
+    `tags`: run tags to show as columns too (provenance such as autoswap.gpu, autoswap.git.dirty)."""
     import mlflow
 
-    rows = collect(experiment)
+    rows = collect(experiment, tags)
     client = mlflow.MlflowClient()
     histories: dict = {}
     for r in rows:

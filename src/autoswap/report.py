@@ -38,8 +38,9 @@ def _run(nets, x):
     return np.asarray(decoder_a(z, training=False)), np.asarray(decoder_b(z, training=False))
 
 
-def preview_grid(nets, spec, faces_a, faces_b, gt_a=None, gt_b=None, scale: int = 2) -> np.ndarray:
-    """faces_* (n, S, S, 3) uint8 -> (H, W, 3) uint8 grid with a header row of labels."""
+def preview_grid(nets, spec, faces_a, faces_b, gt_a=None, gt_b=None, scale: int = 2, caption: str = "") -> np.ndarray:
+    """faces_* (n, S, S, 3) uint8 -> (H, W, 3) uint8 grid with a header row of labels, and a
+    caption row above it when given (training's previews: the step and the losses)."""
     from autoswap.pipeline import center_crop
 
     xa, xb = np.asarray(center_crop(spec, faces_a)), np.asarray(center_crop(spec, faces_b))
@@ -53,7 +54,7 @@ def preview_grid(nets, spec, faces_a, faces_b, gt_a=None, gt_b=None, scale: int 
         cols.append(("truth", np.asarray(center_crop(spec, gt_b))))
     n = min(len(c[1]) for c in cols)
     o = spec.out_size * scale
-    pad, head = 2, 14
+    pad, head = 2, 14 + (14 if caption else 0)
     grid = np.full((head + n * (o + pad) + pad, len(cols) * (o + pad) + pad, 3), 255, np.uint8)
     for j, (_, imgs) in enumerate(cols):
         for i in range(n):
@@ -62,9 +63,38 @@ def preview_grid(nets, spec, faces_a, faces_b, gt_a=None, gt_b=None, scale: int 
             grid[y : y + o, x : x + o] = tile
     img = Image.fromarray(grid)
     draw = ImageDraw.Draw(img)
+    if caption:
+        draw.text((pad + 2, 1), caption, fill=(0, 0, 0))
     for j, (label, _) in enumerate(cols):
-        draw.text((pad + j * (o + pad) + 2, 1), label, fill=(0, 0, 0))
+        draw.text((pad + j * (o + pad) + 2, head - 13), label, fill=(0, 0, 0))
     return np.asarray(img)
+
+
+def save_frame(folder: Path, step: int, grid: np.ndarray) -> Path:
+    """One timelapse frame, folder/step_000123.png (written whole: a temporary name, then renamed)."""
+    from autoswap.files import atomic_path
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step_{step:06d}.png"
+    with atomic_path(path) as tmp:
+        Image.fromarray(grid).save(tmp, format="PNG")
+    return path
+
+
+def timelapse(folder: Path, out: Path, until: int, ms_per_frame: int = 400) -> int:
+    """The frames of steps up to `until` in `folder`, in step order, as an animated GIF (the last
+    frame held 4x as long). -> the number of frames; 0 writes nothing."""
+    from autoswap.files import atomic_path
+
+    frames = sorted(p for p in folder.glob("step_*.png") if int(p.stem[5:]) <= until) if folder.is_dir() else []
+    if not frames:
+        return 0
+    images = [Image.open(f).convert("RGB") for f in frames]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], loop=0,
+                       duration=[ms_per_frame] * (len(images) - 1) + [4 * ms_per_frame])
+    return len(images)
 
 
 def loss_plot(rows: list[dict], path: Path, kind: str = "mae") -> None:

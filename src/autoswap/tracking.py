@@ -12,8 +12,6 @@ import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 
-RUN_FILE = "mlflow_run.json"
-
 
 def project_root() -> Path:
     return Path(os.environ.get("DVC_ROOT") or ".").resolve()
@@ -143,6 +141,40 @@ def model_run(model_dir: Path) -> tuple[str, str | None] | None:
     return None
 
 
+@contextmanager
+def log_to_model_run(model_dir: Path):
+    """Resume the MLflow run that trained the model in `model_dir` (`model_run`: its run id and
+    store) for the block, and yield it: evaluate, preview, swap and the demo log what they make of
+    a model to the run that made it. Yields None, and nothing is logged, when the model has no run
+    (quietly: a folder copied elsewhere), when its store is gone (a sqlite file that is not there:
+    opening it would make an empty store), or when the store has no such run (with a warning)."""
+    run = model_run(model_dir)
+    if run is None:
+        yield None
+        return
+    run_id, uri = run
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlruns' / 'mlflow.db'}"
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+        yield None
+        return
+    import logging
+    import sys
+
+    import mlflow
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # see setup
+    mlflow.set_tracking_uri(uri)
+    try:
+        active = mlflow.start_run(run_id=run_id)
+    except mlflow.exceptions.MlflowException as e:
+        print(f"autoswap: warning: MLflow run {run_id} not found in {uri} ({type(e).__name__}); "
+              "nothing logged to it", file=sys.stderr)
+        yield None
+        return
+    with active:
+        yield active
+
+
 def git_commit() -> str | None:
     try:
         out = subprocess.run(
@@ -160,3 +192,64 @@ def run_tags() -> dict[str, str]:
     if name := os.environ.get("DVC_EXP_NAME"):
         tags["dvc.exp_name"] = name
     return tags
+
+
+# ----------------------------------------------------------------------------- provenance
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=project_root())
+        return out.stdout.strip() if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _cpu_model() -> str:
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def provenance(data_fingerprint: str, counts: dict[str, int], seed: int) -> dict[str, str]:
+    """The tags that explain a training run a year later: the face set (a hash of its files and
+    manifests, and the counts), the code (git commit, and whether the tree had changes), the
+    software (TensorFlow and, on a CUDA build, CUDA and cuDNN), the machine (CPU model, GPUs with
+    their memory), the seed and the DVC experiment."""
+    import os as _os
+
+    import tensorflow as tf
+
+    tags = {"autoswap.data.fingerprint": data_fingerprint, "autoswap.seed": str(seed)}
+    tags.update({f"autoswap.data.{k}": str(v) for k, v in counts.items()})
+    if commit := _git("rev-parse", "HEAD"):
+        tags["mlflow.source.git.commit"] = commit
+        status = _git("status", "--porcelain", "--untracked-files=no")
+        tags["autoswap.git.dirty"] = "unknown" if status is None else str(bool(status)).lower()
+    build = tf.sysconfig.get_build_info()
+    tags["autoswap.tensorflow"] = tf.__version__
+    tags["autoswap.cuda"] = str(build.get("cuda_version") or "none")
+    tags["autoswap.cudnn"] = str(build.get("cudnn_version") or "none")
+    tags["autoswap.cpu"] = f"{_cpu_model()} ({_os.cpu_count()} logical cores)"
+    gpus = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        name = tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
+        gpus.append(f"{name} ({_gpu_memory(len(gpus))})")
+    tags["autoswap.gpu"] = "; ".join(gpus) or "none"
+    if name := _os.environ.get("DVC_EXP_NAME"):
+        tags["dvc.exp_name"] = name
+    return tags
+
+
+def _gpu_memory(index: int) -> str:
+    """Total memory of GPU `index` from nvidia-smi, where there is one (TensorFlow does not say)."""
+    try:
+        out = subprocess.run(["nvidia-smi", f"--id={index}", "--query-gpu=memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "memory unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "memory unknown"

@@ -388,8 +388,25 @@ class Checkpoints:
             ) from None
 
 
-def open_run(settings: Settings, run_id: str | None, r: Resume, n_faces: tuple[int, int]):
-    """The MLflow run: reopened on resume, else a new one with the params; tagged when lengthened."""
+def face_set(settings: Settings, sets: dict) -> tuple[str, dict[str, int]]:
+    """-> (a fingerprint of the face set, the face counts): a hash of the manifests (landmarks,
+    sources) and of every training and validation file's name and size, for the run's provenance."""
+    from autoswap.images import list_images
+
+    root, h, counts = settings.data.faces_dir, hashlib.sha256(), {}
+    for side in "ab":
+        manifest = root / side / "manifest.jsonl"
+        h.update(manifest.read_bytes() if manifest.is_file() else b"-")
+        val = list_images(root / side / "val") if (root / side / "val").is_dir() else []
+        for f in [*sets[side][1], *val]:
+            h.update(f"{f.parent.name}/{f.name}:{f.stat().st_size};".encode())
+        counts[f"n_train_{side}"], counts[f"n_val_{side}"] = len(sets[side][1]), len(val)
+    return h.hexdigest()[:16], counts
+
+
+def open_run(settings: Settings, run_id: str | None, r: Resume, sets: dict):
+    """The MLflow run: reopened on resume, else a new one with the params; tagged with its
+    provenance on every (re)opening, and when lengthened."""
     import mlflow
 
     from autoswap import tracking
@@ -408,6 +425,8 @@ def open_run(settings: Settings, run_id: str | None, r: Resume, n_faces: tuple[i
         tags=tracking.run_tags() if not run_id else None,
     )
     t = settings.train
+    data_fp, counts = face_set(settings, sets)
+    mlflow.set_tags(tracking.provenance(data_fp, counts, settings.seed))
     if r.lengthened_from is not None:  # for `autoswap compare` and the UI: where, and how
         mlflow.set_tag(f"autoswap.lengthened_at_step.{r.start}", f"train.steps {r.lengthened_from} -> {t.steps}"
                        + (", schedule stretched (train.on_more_steps stretch_schedule)" if r.stretch else ""))
@@ -415,7 +434,7 @@ def open_run(settings: Settings, run_id: str | None, r: Resume, n_faces: tuple[i
     if r.start == 0:
         params = flatten(settings)
         params["autoswap.version"] = __version__
-        params["data.n_train_a"], params["data.n_train_b"] = n_faces
+        params["data.n_train_a"], params["data.n_train_b"] = counts["n_train_a"], counts["n_train_b"]
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
     return run
 
@@ -578,7 +597,7 @@ def run_loop(t, trainer, spec, ckpts, r: Resume, train_step, steps_from, log_pre
                 if step % t.save_every == 0 or last:
                     ckpts.save(step, history)
                 if step % t.preview_every == 0 or last:
-                    log_preview(step)
+                    log_preview(step, history[-1] if history and history[-1]["step"] == step else None)
     finally:
         progress.close()
     if history and (why := loss_jump(history[:-1], history[-1], t.divergence_factor)):
@@ -677,7 +696,7 @@ def _train(settings: Settings, metrics_dir: Path, plots_dir: Path, finish: bool)
 
     from autoswap.losses import needs_maps
     from autoswap.pipeline import BatchSpec
-    from autoswap.report import preview_grid
+    from autoswap.report import preview_grid, save_frame, timelapse
 
     t = settings.train
     sets, val = load_training_faces(settings)
@@ -706,14 +725,18 @@ def _train(settings: Settings, metrics_dir: Path, plots_dir: Path, finish: bool)
     spec = dataclasses.replace(BatchSpec.from_settings(settings), steps=r.schedule_steps,
                                stretch=tuple(r.stretch) if r.stretch else None)
 
-    run = open_run(settings, r.run_id, r, (len(sets["a"][0]), len(sets["b"][0])))
+    run = open_run(settings, r.run_id, r, sets)
     ckpts.write_state(fp, run.info.run_id, r)
     train_step, steps_from = make_step(settings, trainer, strategy, spec, sets, r.end)
 
-    def log_preview(step: int):
+    def log_preview(step: int, row: dict | None):
+        """The fixed validation faces (the first preview.faces of each person: the same on every
+        run with the same data) swapped at `step`: to MLflow, and as a timelapse frame."""
         if len(val["a"]) and len(val["b"]):
-            mlflow.log_image(preview_grid(trainer.nets, spec, val["a"], val["b"]),
-                             artifact_file=f"previews/step_{step:06d}.png")
+            caption = f"step {step}" + (f"   loss A {row['loss_a']:.4f}   B {row['loss_b']:.4f}" if row else "")
+            grid = preview_grid(trainer.nets, spec, val["a"], val["b"], caption=caption)
+            mlflow.log_image(grid, artifact_file=f"previews/step_{step:06d}.png")
+            save_frame(ckpts.dir / "timelapse", step, grid)
 
     # Grappler's remapper fails on the train step's graph (it fuses a Conv2D + BiasAdd + LeakyRelu
     # whose BiasAdd the LeakyReluGrad still reads), prints "E0000 ... remapper failed" into the
@@ -728,6 +751,9 @@ def _train(settings: Settings, metrics_dir: Path, plots_dir: Path, finish: bool)
             mlflow.set_tag("autoswap.finished_early_at_step", r.end)
             print(f"autoswap: finished at step {r.end} of {t.steps} (train --finish)")
         result = write_final(settings, trainer, r.end, history, run.info.run_id, (models_dir, metrics_dir, plots_dir))
+        # how the swap formed: every preview of this run (resumes and rollbacks included) in step order
+        if timelapse(ckpts.dir / "timelapse", models_dir / "timelapse.gif", r.end):
+            mlflow.log_artifact(str(models_dir / "timelapse.gif"), artifact_path="previews")
         status = "FINISHED"
         return result
     except KeyboardInterrupt:
