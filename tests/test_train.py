@@ -503,7 +503,7 @@ def test_raising_steps_goes_on_from_the_last_checkpoint_bit_identically(tmp_path
         np.testing.assert_array_equal(x, y)  # steps 0..4 and 4..8 are the straight run's, bit for bit
     # one loss curve, in the same MLflow run
     assert (straight / "plots" / "loss.csv").read_text() == (grown / "plots" / "loss.csv").read_text()
-    assert run_of(grown) == first_run and meta["steps"] == 8
+    assert run_of(grown) == first_run and meta.steps == 8
     run_ = mlflow.MlflowClient().get_run(first_run)
     assert run_.info.status == "FINISHED"
     assert run_.data.tags["autoswap.lengthened_at_step.4"] == "train.steps 4 -> 8"
@@ -583,7 +583,7 @@ def test_finish_after_an_interruption_writes_the_final_model_from_the_last_check
     r = T.train(s, metrics_dir=tmp_path / "metrics", plots_dir=tmp_path / "plots", finish=True)
     assert r["steps"] == 4 and json.loads((tmp_path / "metrics" / "train.json").read_text())["steps"] == 4
     _, meta = weights(tmp_path)
-    assert meta["steps"] == 4
+    assert meta.steps == 4
     run_ = mlflow.MlflowClient().get_run(run_of(tmp_path))
     assert run_.info.status == "FINISHED" and run_.data.tags["autoswap.finished_early_at_step"] == "4"
     rows = list(csv.DictReader((tmp_path / "plots" / "loss.csv").open()))
@@ -722,3 +722,46 @@ def test_provenance_tags_on_a_tiny_run(tmp_path, faces, mlflow_store):
 
     table = compare("autoswap", tmp_path / "c.png", ("autoswap.git.dirty", "autoswap.gpu"))["table"]
     assert "autoswap.git.dirty" in table.splitlines()[0] and "true" in table.splitlines()[2]
+
+
+def test_init_from_loads_the_encoder_and_the_chosen_decoders(tmp_path, faces, mlflow_store):
+    src = tmp_path / "src"
+    run(src, data={"faces_dir": str(faces)})
+    (src_w, _), parent = weights(src), run_of(src)
+    s = parse(tiny_raw(tmp_path / "new", data={"faces_dir": str(faces)},
+                       train={"init_from": str(src / "models" / "final"), "init_decoder_a": "b"}))
+    trainer = T.build_trainer(s)
+    T.apply_init(s, trainer, src / "models" / "final")
+    enc, da, db = trainer.nets
+    n_enc, n_dec = len(enc.weights), len(da.weights)
+    for x, y in zip(enc.get_weights(), src_w[:n_enc], strict=True):
+        np.testing.assert_array_equal(x, y)  # the encoder
+    for x, y in zip(da.get_weights(), src_w[n_enc + n_dec:], strict=True):
+        np.testing.assert_array_equal(x, y)  # decoder_a from its decoder_b
+    fresh = T.build_trainer(s).nets[2]
+    for x, y in zip(db.get_weights(), fresh.get_weights(), strict=True):
+        np.testing.assert_array_equal(x, y)  # decoder_b: left as initialised
+    # a whole run from it, and from its MLflow run id: tagged with the parent
+    for name, init in (("by_folder", str(src / "models" / "final")), ("by_run", parent)):
+        root = tmp_path / name
+        _, r = run(root, data={"faces_dir": str(faces)}, train={"init_from": init, "init_decoder_b": "b"})
+        tags = mlflow.MlflowClient().get_run(run_of(root)).data.tags
+        assert tags["autoswap.init_from"] == init and tags["autoswap.parent_run"] == parent
+        assert np.isfinite(r["loss_a"])
+    # the starting model is part of the run's identity: retrained source, new fingerprint
+    fp = json.loads((tmp_path / "by_folder" / "models" / "checkpoints" / "state.json").read_text())["fingerprint"]
+    run(src, data={"faces_dir": str(faces)}, train={"learning_rate": 2.0e-3})
+    run(tmp_path / "by_folder", data={"faces_dir": str(faces)},
+        train={"init_from": str(src / "models" / "final"), "init_decoder_b": "b"})
+    fp2 = json.loads((tmp_path / "by_folder" / "models" / "checkpoints" / "state.json").read_text())["fingerprint"]
+    assert fp != fp2
+
+
+def test_init_from_a_mismatched_model_is_refused_in_one_line(tmp_path, faces, mlflow_store):
+    src = tmp_path / "src"
+    run(src, data={"faces_dir": str(faces)}, model={"width": 0.125})
+    with pytest.raises(UserError, match=r"key 'train.init_from': .* was trained with another network") as e:
+        run(tmp_path / "new", data={"faces_dir": str(faces)}, train={"init_from": str(src / "models" / "final")})
+    assert "\n" not in str(e.value)
+    with pytest.raises(UserError, match="neither a model folder"):
+        run(tmp_path / "new2", data={"faces_dir": str(faces)}, train={"init_from": str(tmp_path / "nowhere")})

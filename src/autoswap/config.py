@@ -47,6 +47,9 @@ class SyntheticSettings(_Section):
     # (the light's direction and strength still vary). With ranges (0.95 +- 0.2, warmth +- 1) the
     # decoders read skin tone as light, and the swap kept the source's skin colour: the demo never
     # swapped, and the swap got worse with training (docs/EXPERIMENTS.md).
+    # which of the built-in identities (synthetic.IDENTITIES) are persons a and b: the demo pair,
+    # or c and d, another pair to pretrain a model on (train.init_from)
+    identities: tuple[Literal["a", "b", "c", "d"], Literal["a", "b", "c", "d"]] = ("a", "b")
     brightness_jitter: float = Field(0.0, ge=0, le=0.5, description="exposure 0.95 +- this")
     max_warmth: float = Field(0.0, ge=0, le=1, description="colour temperature, -1 cold .. 1 warm")
 
@@ -238,7 +241,8 @@ class TrainSettings(_Section):
     mixed_precision: bool = False
     jit_compile: bool = False
     # the seed's two 4x4-output convolutions (1024 and 2048 filters) computed as matmuls
-    # (model.Conv2D): same weights, 1.16x the training speed on CPU. auto: on without a GPU
+    # (model.Conv2D): same weights; the speed-up is measured in bench/results/conv_matmul.json
+    # (per layer and width) and bench/results/train_throughput.json. auto: on without a GPU
     conv_as_matmul: bool | Literal["auto"] = "auto"
     # Gradient-norm clipping (DeepFaceLab's clipgrad): the global norm of each step's gradient is
     # capped here before Adam. A collapse starts with a gradient spike that Adam turns into a huge
@@ -254,6 +258,12 @@ class TrainSettings(_Section):
     # rate or a linear warp depends on the total: restart = start afresh; stretch_schedule = go on,
     # with the rest of the schedule stretched from the last checkpoint's step to the new end
     on_more_steps: Literal["restart", "stretch_schedule"] = "restart"
+    # Start from a trained model (a models/final folder, or the MLflow run id of a training in this
+    # project's store): its encoder, and the decoders named here (new decoder_a / decoder_b from
+    # its decoder a or b; null = freshly initialised). Reusing an encoder cuts a new pair's training.
+    init_from: str | None = None
+    init_decoder_a: Literal["a", "b"] | None = None
+    init_decoder_b: Literal["a", "b"] | None = None
     divergence_factor: float = Field(2.5, gt=1, le=100)
     rollback_lr_factor: float = Field(0.5, gt=0, lt=1)
     max_rollbacks: int = Field(3, ge=0, le=100)
@@ -297,35 +307,56 @@ class TrackingSettings(_Section):
 
 # ----------------------------------------------------------------------------- swap
 class SwapDemoSettings(_Section):
-    """The `swap` DVC stage's demo: a photo that ships with matplotlib and a short clip made from it."""
+    """The `demo` DVC stage (autoswap.demo): a photo that ships with matplotlib and a short clip made from it."""
 
     input_dir: Path = Path("data/demo")  # the demo photo and clip are written here
     out_dir: Path = Path("swaps")  # their swapped, marked versions
     frames: int = Field(24, ge=2, le=600, description="frames in the demo clip")
 
 
+def _flag(name: str) -> dict:
+    """Field metadata: `autoswap swap --<name>` overrides this setting (see SwapSettings.flags)."""
+    return {"flag": name}
+
+
 class SwapSettings(_Section):
     """`autoswap swap`: put the other face back into photos and videos (see autoswap.swap).
     Detection uses extract.min_confidence / min_face_size / detect_size and, in videos,
-    extract.track / full_search_every. The marks (metadata, watermark, C2PA) have no switch."""
+    extract.track / full_search_every. The marks (metadata, watermark, C2PA) have no switch.
 
-    model: Path = Path("models/final")
-    to: Literal["a", "b"] = "b"  # the decoder that draws the new face
-    # largest | all | face indices, 0 = largest (in each photo or frame, by box area)
-    faces: Literal["largest", "all"] | tuple[int, ...] = "largest"
-    mask_erode: float = Field(0.03, ge=0, le=0.3, description="fraction of the face size")
-    mask_feather: float = Field(0.08, ge=0, le=0.5, description="fraction of the face size")
-    color: Literal["none", "mean_std", "histogram"] = "mean_std"  # colour transfer in LAB
-    poisson: bool = False  # OpenCV seamlessClone before the feathered blend
-    smooth: float = Field(0.5, ge=0, lt=1, description="video landmark smoothing, 0 = off")
-    crf: int = Field(18, ge=0, le=51, description="H.264 quality, 0 = lossless")
+    A setting with a `flag` is also a command-line flag of `autoswap swap`, its description the
+    flag's help (cli.py builds both from here): a new flag is one field."""
+
+    model: Path = Field(Path("models/final"), description="trained model folder, default models/final",
+                        json_schema_extra=_flag("model"))
+    to: Literal["a", "b"] = Field("b", description="decoder drawing the new face", json_schema_extra=_flag("to"))
+    faces: Literal["largest", "all"] | tuple[int, ...] = Field(
+        "largest", description="largest, all, or indices such as 0 or 0,2 (0 = largest)",
+        json_schema_extra=_flag("faces"))  # in each photo or frame, by box area
+    mask_erode: float = Field(0.03, ge=0, le=0.3, description="mask erosion, fraction of the face",
+                              json_schema_extra=_flag("erode"))
+    mask_feather: float = Field(0.08, ge=0, le=0.5, description="mask feather, fraction of the face",
+                                json_schema_extra=_flag("feather"))
+    color: Literal["none", "mean_std", "histogram"] = Field("mean_std", description="LAB colour transfer",
+                                                            json_schema_extra=_flag("color"))
+    poisson: bool = Field(False, description="OpenCV seamlessClone before the feathered blend",
+                          json_schema_extra=_flag("poisson"))
+    smooth: float = Field(0.5, ge=0, lt=1, description="video landmark smoothing 0..0.99, 0 = off",
+                          json_schema_extra=_flag("smooth"))
+    crf: int = Field(18, ge=0, le=51, description="H.264 quality 0 (lossless) .. 51", json_schema_extra=_flag("crf"))
     preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = "veryfast"
-    label: bool = False  # a visible "AI-generated" label in the corner
+    label: bool = Field(False, description="a visible AI-generated label too", json_schema_extra=_flag("label"))
     label_text: str = Field("AI-generated", min_length=1, max_length=80)
     key_dir: Path | None = None  # local C2PA signer + watermark ID registry; null = ~/.config/autoswap
     signer_cert: Path | None = None  # your own C2PA certificate chain (PEM) ...
     signer_key: Path | None = None  # ... and its private key (PEM); both or neither
     demo: SwapDemoSettings = SwapDemoSettings()
+
+    @classmethod
+    def flags(cls) -> dict[str, str]:
+        """{flag name: setting} for every setting `autoswap swap` takes as a flag."""
+        return {f.json_schema_extra["flag"]: key for key, f in cls.model_fields.items()
+                if isinstance(f.json_schema_extra, dict) and "flag" in f.json_schema_extra}
 
     @field_validator("faces", mode="before")
     @classmethod

@@ -19,11 +19,12 @@ changing one count leaves every other image as it was, and PNGs carry no timesta
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -201,6 +202,17 @@ IDENTITIES: dict[str, Identity] = {
         blush=1.0,
     ),
 }
+# Two more people with the same head layout, for pretraining a model that another pair then starts
+# from (data.synthetic.identities: [c, d], train.init_from). C: an olive-skinned man with brown
+# hair and green eyes; D: a woman with dark brown skin, black hair and amber eyes.
+IDENTITIES["c"] = dataclasses.replace(
+    IDENTITIES["a"], skin=(204, 160, 118), hair=(92, 60, 36), lips=(170, 100, 90), iris=(70, 120, 70),
+    brow=(80, 52, 34), shirt=(60, 96, 60), eye_w=0.17, eye_h=0.08, iris_r=0.07, nose_w=0.12, mouth_w=0.27,
+)
+IDENTITIES["d"] = dataclasses.replace(
+    IDENTITIES["b"], skin=(120, 78, 56), hair=(24, 20, 20), lips=(110, 50, 56), iris=(150, 100, 30),
+    brow=(30, 24, 22), shirt=(200, 160, 40), blush=0.0, nose_w=0.11, mouth_w=0.26,
+)
 
 
 # ----------------------------------------------------------------------------- conditions
@@ -848,6 +860,7 @@ def generate(
     out_dir = Path(out_dir)
     counts: dict[str, dict[str, int]] = {}
     done = 0
+    who = dict(zip(PERSONS, cfg.identities, strict=True))  # person folder -> the identity drawn there
     for person in PERSONS:
         other = PERSONS[1 - PERSONS.index(person)]
         n_train, n_val = cfg.train_per_person, cfg.val_per_person
@@ -862,14 +875,14 @@ def generate(
         for split, n in (("train", n_train), ("val", n_val)):
             for i in range(n):
                 cond = image_conditions(cfg, seed, person, split, i)
-                _save_png(render(person, cond, size), dirs[split] / f"{i:05d}.png")
-                lm = [[round(float(v), 4) for v in p] for p in landmarks5(person, cond, size)]
+                _save_png(render(who[person], cond, size), dirs[split] / f"{i:05d}.png")
+                lm = [[round(float(v), 4) for v in p] for p in landmarks5(who[person], cond, size)]
                 rows.append({"crop": f"{i:05d}", "split": split, "landmarks_crop": lm})  # the name, as extract
                 done += 1
                 if progress is not None:
                     progress(done)
                 if split == "val":
-                    _save_png(render(other, cond, size), dirs["val_gt"] / f"{i:05d}.png")
+                    _save_png(render(who[other], cond, size), dirs["val_gt"] / f"{i:05d}.png")
                     done += 1
                     if progress is not None:
                         progress(done)
@@ -880,7 +893,3 @@ def generate(
         counts[person] = {"train": n_train, "val": n_val, "val_gt": n_val}
     return counts
 
-
-def conditions_dict(cond: Conditions) -> dict:
-    """`Conditions` as plain JSON-ready values."""
-    return {f.name: getattr(cond, f.name) for f in fields(cond)}

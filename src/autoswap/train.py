@@ -37,9 +37,11 @@ _NOT_IN_FINGERPRINT = {
 }
 
 
-def fingerprint(settings: Settings, data_files: list[Path]) -> str:
+def fingerprint(settings: Settings, data_files: list[Path], init: str = "") -> str:
+    """What a run's numbers depend on; `init`: the digest of the model it starts from."""
     train = {k: v for k, v in settings.train.model_dump(mode="json").items() if k not in _NOT_IN_FINGERPRINT}
     blob = {
+        "init": init,
         "seed": settings.seed,
         "face_size": settings.data.face_size,
         "model": settings.model.model_dump(mode="json"),
@@ -290,14 +292,54 @@ class Checkpoints:
         self.backups = tf.train.CheckpointManager(self.ckpt, self.dir / "backups", max_to_keep=None,
                                                   checkpoint_name="backup")
 
-    def set_aside(self, state: dict, why: str) -> None:
+    def set_aside(self, state: dict, why: str, since: bool = True) -> None:
         stale = base = self.models_dir / f"checkpoints.stale-{state.get('fingerprint', 'unknown')}"
         n = 1
         while stale.exists() or stale.is_symlink():  # one set aside earlier: keep it too, never delete
             n += 1
             stale = base.with_name(f"{base.name}-{n}")
         self.dir.rename(stale)
-        print(f"autoswap: {why} since {self.dir} was written; set it aside as {stale}")
+        if since:
+            print(f"autoswap: {why} since {self.dir} was written; set it aside as {stale}")
+        else:
+            print(f"autoswap: {why}; set {self.dir} aside as {stale}")
+
+    def _read_state(self) -> dict | None:
+        """state.json, or None when there is none. One that does not parse (cut short, or
+        damaged on disk) cannot say which settings its checkpoints belong to: the folder is set
+        aside with one line, and training starts afresh."""
+        if not self.state_file.is_file():
+            return None
+        try:
+            state = json.loads(self.state_file.read_text(encoding="utf-8"))
+            if isinstance(state, dict) and isinstance(state.get("fingerprint"), str):
+                return state
+            why = "not a training state"
+        except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        self.set_aside({}, f"{self.state_file} is unreadable ({why}); starting afresh", since=False)
+        return None
+
+    def _reindex(self) -> bool:
+        """Rewrite a lost or unreadable `checkpoint` index (TF then lists no checkpoint at all)
+        from the ckpt-N.index files in the folder, oldest first; True when there were any."""
+        import re
+
+        from autoswap.files import atomic_write_text
+
+        found = sorted((int(m.group(1)), f.stat().st_mtime) for f in self.dir.glob("ckpt-*.index")
+                       if (m := re.fullmatch(r"ckpt-(\d+)\.index", f.name)))
+        if not found:
+            return False
+        paths = [f"ckpt-{n}" for n, _ in found]  # relative, as CheckpointManager writes them
+        # CheckpointManager lists only the checkpoints newer than last_preserved_timestamp
+        times = [f"all_model_checkpoint_timestamps: {t!r}\n" for _, t in found]
+        atomic_write_text(self.dir / "checkpoint", f'model_checkpoint_path: "{paths[-1]}"\n'
+                          + "".join(f'all_model_checkpoint_paths: "{p}"\n' for p in paths) + "".join(times)
+                          + f"last_preserved_timestamp: {min(t for _, t in found) - 1.0!r}\n")
+        print(f"autoswap: warning: {self.dir / 'checkpoint'} is missing or unreadable; "
+              f"rebuilt it from the {len(paths)} checkpoint file(s) there")
+        return True
 
     def restore_latest(self) -> str | None:
         """Newest first; a checkpoint that will not load (cut off, corrupted on disk) falls back
@@ -320,7 +362,7 @@ class Checkpoints:
         from autoswap.report import read_history
 
         t, step_var = self.t, self.trainer.step
-        state = json.loads(self.state_file.read_text()) if self.state_file.is_file() else None
+        state = self._read_state()
         depends = total_dependent(t)
         old_steps = state.get("steps", t.steps) if state else t.steps
         if state and state.get("fingerprint") != fp:
@@ -335,9 +377,15 @@ class Checkpoints:
             self.set_aside(state, "train.steps changed")
             state = None
         self._managers()
+        if state and not self.manager.checkpoints and self._reindex():
+            self._managers()
         history: list[dict] = []
         if state and self.manager.checkpoints:
             path = self.restore_latest()
+            if path is None:  # not one of them loads: afresh, in a new run
+                self.set_aside(state, f"no checkpoint in {self.dir} is readable; starting afresh", since=False)
+                state = None
+                self._managers()
             if int(step_var.numpy()):
                 history = [r for r in read_history(self.history_file) if r["step"] <= int(step_var.numpy())]
                 print(f"autoswap: resuming from {path} at step {int(step_var.numpy())}")
@@ -386,6 +434,58 @@ class Checkpoints:
                 f"{self.dir}: could not save the step-{step} checkpoint ({why.splitlines()[0]}); free space or "
                 f"fix permissions and re-run: training resumes from the last good checkpoint"
             ) from None
+
+
+def resolve_init(settings: Settings) -> tuple[Path, str | None] | None:
+    """train.init_from -> (the model folder, the MLflow run that trained it), or None. A run id
+    is looked up in this project's store and its logged weights downloaded."""
+    src = settings.train.init_from
+    if not src:
+        return None
+    from autoswap import tracking
+
+    if Path(src).is_dir():
+        run = tracking.model_run(Path(src))
+        return Path(src), run[0] if run else None
+    if len(src) == 32 and all(c in "0123456789abcdef" for c in src):
+        import tempfile
+
+        import mlflow
+
+        tracking.setup(settings.tracking.experiment)
+        try:
+            folder = mlflow.artifacts.download_artifacts(run_id=src, artifact_path="weights",
+                                                         dst_path=tempfile.mkdtemp(prefix="autoswap-init-"))
+        except Exception as e:  # noqa: BLE001 - MLflow raises its own, and OSError, for a missing run
+            raise UserError(f"params.yaml: key 'train.init_from': no weights for MLflow run {src} in "
+                            f"{tracking.tracking_uri()} ({type(e).__name__})") from None
+        return Path(folder), src
+    raise UserError(f"params.yaml: key 'train.init_from': {src} is neither a model folder (such as models/final) "
+                    "nor an MLflow run id of this project's store")
+
+
+def apply_init(settings: Settings, trainer: Trainer, folder: Path) -> None:
+    """Copy the encoder, and the decoders train.init_decoder_a / _b name, from the model in
+    `folder` into the new networks. Refused in one line when its geometry or widths differ."""
+    from autoswap.model import load_final
+
+    t = settings.train
+    *src, card = load_final(folder)
+    ours = (settings.model, settings.data.face_size, t.crop)
+    if (card.model, card.face_size, card.crop) != ours:
+        raise UserError(
+            f"params.yaml: key 'train.init_from': {folder} was trained with another network or geometry "
+            f"(model {card.model.model_dump()}, face_size {card.face_size}, crop {card.crop}); init_from needs "
+            "the same model section, data.face_size and train.crop"
+        )
+    enc, dec = src[0], {"a": src[1], "b": src[2]}
+    trainer.nets[0].set_weights(enc.get_weights())
+    for i, choice in ((1, t.init_decoder_a), (2, t.init_decoder_b)):
+        if choice:
+            trainer.nets[i].set_weights(dec[choice].get_weights())
+    print(f"autoswap: starting from {t.init_from}: the encoder"
+          + "".join(f", decoder_{n} from its decoder_{c}" for n, c in (("a", t.init_decoder_a),
+                                                                      ("b", t.init_decoder_b)) if c))
 
 
 def face_set(settings: Settings, sets: dict) -> tuple[str, dict[str, int]]:
@@ -718,14 +818,21 @@ def _train(settings: Settings, metrics_dir: Path, plots_dir: Path, finish: bool)
     # the landmark manifests too when the maps come from them: new landmarks, new maps
     root = settings.data.faces_dir
     manifests = [root / side / "manifest.jsonl" for side in "ab"] if needs_maps(t.loss) else []
-    fp = fingerprint(settings, sets["a"][1] + sets["b"][1] + manifests)
+    init = resolve_init(settings)
+    from autoswap.tracking import model_digest
+
+    fp = fingerprint(settings, sets["a"][1] + sets["b"][1] + manifests, model_digest(init[0]) if init else "")
     ckpts = Checkpoints(models_dir, trainer, t)
     r = ckpts.open(fp, finish)
+    if init and r.start == 0:  # a resumed run has its own weights in the checkpoint
+        apply_init(settings, trainer, init[0])
     trainer.schedule.total, trainer.schedule.stretch = r.schedule_steps, r.stretch
     spec = dataclasses.replace(BatchSpec.from_settings(settings), steps=r.schedule_steps,
                                stretch=tuple(r.stretch) if r.stretch else None)
 
     run = open_run(settings, r.run_id, r, sets)
+    if init:  # the parent: for `autoswap compare` and the UI
+        mlflow.set_tags({"autoswap.init_from": t.init_from, "autoswap.parent_run": init[1] or "unknown"})
     ckpts.write_state(fp, run.info.run_id, r)
     train_step, steps_from = make_step(settings, trainer, strategy, spec, sets, r.end)
 
