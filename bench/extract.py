@@ -27,7 +27,8 @@ from matplotlib import cbook  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from autoswap.config import ExtractSettings  # noqa: E402
-from autoswap.extract import detect, extract_to_dir  # noqa: E402
+from autoswap.extract import extract_to_dir  # noqa: E402
+from autoswap.faces import detect  # noqa: E402
 
 
 def photos() -> list[np.ndarray]:

@@ -17,20 +17,19 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
+import photos  # noqa: E402  (bench/photos.py; bench/ is on sys.path when run as a script)
 import skimage.data  # noqa: E402
 from extract import write_video  # noqa: E402  (bench/extract.py: the same 640x360 pan and zoom)
 from matplotlib import cbook  # noqa: E402
 
-from autoswap import mark, swap  # noqa: E402
+from autoswap import swap, watermark  # noqa: E402
 from autoswap.config import load  # noqa: E402
 
 
@@ -64,47 +63,29 @@ def watermark_figures() -> dict:
     """The watermark on the photos bundled with scikit-image and matplotlib: PSNR of marked vs
     unmarked, and what survives a JPEG re-encode at q75 (PIL's default 4:2:0) and a 0.5x resize:
     the share of the 48 code bits (32-bit ID + CRC-16) and of the 1280 single slots decoded right."""
-    import io
-
-    from PIL import Image
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from test_mark import PHOTOS, SKIMAGE_DATA, _rgb, _unmarked_variants
-
-    with cbook.get_sample_data("grace_hopper.jpg") as f:
-        imgs = {"grace_hopper": np.asarray(Image.open(f).convert("RGB"))}
-    for name in PHOTOS:
-        with Image.open(SKIMAGE_DATA / name) as im:
-            imgs[name.split(".")[0]] = _rgb(im.convert("RGB"))
-
-    def jpeg(a):
-        buf = io.BytesIO()
-        Image.fromarray(a).save(buf, "JPEG", quality=75)
-        return np.asarray(Image.open(buf).convert("RGB"))
-
-    def half(a):
-        return np.asarray(Image.fromarray(a).resize((a.shape[1] // 2, a.shape[0] // 2), Image.Resampling.BICUBIC))
+    imgs = photos.photos()
+    jpeg, half = photos.jpeg, photos.half
 
     attacks = {"fresh": lambda a: a, "jpeg_q75": jpeg, "resize_0.5x": half, "resize_0.5x+jpeg_q75": lambda a: jpeg(half(a))}
     wm = 0x5A17C0DE
     rows: dict[str, list] = {k: [] for k in attacks}
     psnr = []
     for img in imgs.values():
-        marked = mark.embed_watermark(img, wm)
+        marked = watermark.embed_watermark(img, wm)
         psnr.append(10 * np.log10(255.0**2 / np.mean((marked.astype(np.float64) - img) ** 2)))
         for k, fn in attacks.items():
-            r = mark.detect_watermark(fn(marked))
-            rows[k].append((r.found and r.id == wm, *mark.bit_accuracy(r, wm), r.confidence))
+            r = watermark.detect_watermark(fn(marked))
+            rows[k].append((r.found and r.id == wm, *watermark.bit_accuracy(r, wm), r.confidence))
     out = {"photos": len(imgs), "psnr_db": {"min": round(min(psnr), 2), "mean": round(float(np.mean(psnr)), 2)}}
     for k, v in rows.items():
         a = np.array(v, dtype=np.float64)
         out[k] = {"found": f"{int(a[:, 0].sum())}/{len(a)}", "code_bits_right_mean": round(a[:, 1].mean(), 4),
                   "code_bits_right_min": round(a[:, 1].min(), 4), "slots_right_mean": round(a[:, 2].mean(), 4),
                   "slots_right_min": round(a[:, 2].min(), 4), "confidence_min": round(a[:, 3].min(), 3)}
-    unmarked = [mark.detect_watermark(v) for v in _unmarked_variants(imgs, 100)]
+    unmarked = [watermark.detect_watermark(v) for v in photos.unmarked_variants(imgs, 100)]
     out["unmarked_100"] = {"found": sum(r.found for r in unmarked),
                            "confidence_max": round(max(r.confidence for r in unmarked), 3),
-                           "threshold": mark.WM_MIN_CONFIDENCE}
+                           "threshold": watermark.WM_MIN_CONFIDENCE}
     return out
 
 
@@ -113,13 +94,13 @@ def video_watermark(path: Path, wm: int) -> dict:
     from autoswap.video import iter_video_frames
 
     frames = [f.rgb for f in iter_video_frames(path)]
-    per = [mark.bit_accuracy(mark.detect_watermark(f), wm) + (mark.detect_watermark(f).found,) for f in frames]
-    vote, alone = mark.detect_watermark_frames(frames)
+    per = [watermark.bit_accuracy(watermark.detect_watermark(f), wm) + (watermark.detect_watermark(f).found,) for f in frames]
+    vote, alone = watermark.detect_watermark_frames(frames)
     a = np.array(per, dtype=np.float64)
     return {"frames": len(frames), "frames_carrying_id_alone": alone,
             "code_bits_right_per_frame_mean": round(a[:, 0].mean(), 4), "slots_right_per_frame_mean": round(a[:, 1].mean(), 4),
-            "all_frames_voted": {"found": vote.found and vote.id == wm, "code_bits_right": mark.bit_accuracy(vote, wm)[0],
-                                 "slots_right": round(mark.bit_accuracy(vote, wm)[1], 4)}}
+            "all_frames_voted": {"found": vote.found and vote.id == wm, "code_bits_right": watermark.bit_accuracy(vote, wm)[0],
+                                 "slots_right": round(watermark.bit_accuracy(vote, wm)[1], 4)}}
 
 
 def main() -> None:
@@ -143,13 +124,13 @@ def main() -> None:
                 "extract": base.extract.model_copy(update={"track": track}),
             })
             run = swap.SwapRun(s, progress=False)
-            results["model_geometry"] = vars(run.model.geometry) | {"width": run.model.meta["model"]["width"]}
+            results["model_geometry"] = vars(run.model.geometry) | {"width": run.model.card.model.width}
             # warm up: detector, network, watermark tables
             rgb = np.asarray(skimage.data.astronaut())
             run.swapper.swap(rgb, [f.landmarks for f in run.swapper.finder(False)(rgb)])
-            mark.embed_watermark(rgb, 1)
+            watermark.embed_watermark(rgb, 1)
             split: dict[str, float] = {}
-            import autoswap.extract as ex
+            import autoswap.faces as ex  # where the face finder looks them up
 
             real = (ex.detect, ex.detect_near)
             ex.detect, ex.detect_near = _Timed(ex.detect, split, "detect"), _Timed(ex.detect_near, split, "detect")

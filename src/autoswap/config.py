@@ -314,9 +314,10 @@ class SwapDemoSettings(_Section):
     frames: int = Field(24, ge=2, le=600, description="frames in the demo clip")
 
 
-def _flag(name: str) -> dict:
-    """Field metadata: `autoswap swap --<name>` overrides this setting (see SwapSettings.flags)."""
-    return {"flag": name}
+def _flag(name: str, help: str) -> dict:
+    """Field arguments: `autoswap swap --<name>` sets this setting, `help` its help (and the
+    setting's description). See SwapSettings.flags."""
+    return {"description": help, "json_schema_extra": {"flag": name}}
 
 
 class SwapSettings(_Section):
@@ -327,25 +328,19 @@ class SwapSettings(_Section):
     A setting with a `flag` is also a command-line flag of `autoswap swap`, its description the
     flag's help (cli.py builds both from here): a new flag is one field."""
 
-    model: Path = Field(Path("models/final"), description="trained model folder, default models/final",
-                        json_schema_extra=_flag("model"))
-    to: Literal["a", "b"] = Field("b", description="decoder drawing the new face", json_schema_extra=_flag("to"))
+    model: Path = Field(Path("models/final"), **_flag("model", "trained model folder, default models/final"))
+    to: Literal["a", "b"] = Field("b", **_flag("to", "decoder drawing the new face"))
+    # in each photo or frame, by box area
     faces: Literal["largest", "all"] | tuple[int, ...] = Field(
-        "largest", description="largest, all, or indices such as 0 or 0,2 (0 = largest)",
-        json_schema_extra=_flag("faces"))  # in each photo or frame, by box area
-    mask_erode: float = Field(0.03, ge=0, le=0.3, description="mask erosion, fraction of the face",
-                              json_schema_extra=_flag("erode"))
-    mask_feather: float = Field(0.08, ge=0, le=0.5, description="mask feather, fraction of the face",
-                                json_schema_extra=_flag("feather"))
-    color: Literal["none", "mean_std", "histogram"] = Field("mean_std", description="LAB colour transfer",
-                                                            json_schema_extra=_flag("color"))
-    poisson: bool = Field(False, description="OpenCV seamlessClone before the feathered blend",
-                          json_schema_extra=_flag("poisson"))
-    smooth: float = Field(0.5, ge=0, lt=1, description="video landmark smoothing 0..0.99, 0 = off",
-                          json_schema_extra=_flag("smooth"))
-    crf: int = Field(18, ge=0, le=51, description="H.264 quality 0 (lossless) .. 51", json_schema_extra=_flag("crf"))
+        "largest", **_flag("faces", "largest, all, or indices such as 0 or 0,2 (0 = largest)"))
+    mask_erode: float = Field(0.03, ge=0, le=0.3, **_flag("erode", "mask erosion, fraction of the face"))
+    mask_feather: float = Field(0.08, ge=0, le=0.5, **_flag("feather", "mask feather, fraction of the face"))
+    color: Literal["none", "mean_std", "histogram"] = Field("mean_std", **_flag("color", "LAB colour transfer"))
+    poisson: bool = Field(False, **_flag("poisson", "OpenCV seamlessClone before the feathered blend"))
+    smooth: float = Field(0.5, ge=0, lt=1, **_flag("smooth", "video landmark smoothing 0..0.99, 0 = off"))
+    crf: int = Field(18, ge=0, le=51, **_flag("crf", "H.264 quality 0 (lossless) .. 51"))
     preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = "veryfast"
-    label: bool = Field(False, description="a visible AI-generated label too", json_schema_extra=_flag("label"))
+    label: bool = Field(False, **_flag("label", "a visible AI-generated label too"))
     label_text: str = Field("AI-generated", min_length=1, max_length=80)
     key_dir: Path | None = None  # local C2PA signer + watermark ID registry; null = ~/.config/autoswap
     signer_cert: Path | None = None  # your own C2PA certificate chain (PEM) ...

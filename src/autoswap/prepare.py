@@ -75,9 +75,7 @@ def _write_split(settings: Settings, side: str, faces: list, dst: Path, dropped:
     for split, idx in (("train", train), ("val", val)):
         (dst / split).mkdir(parents=True, exist_ok=True)
         for i in idx:
-            f, a = faces[i]
-            if a.shape[:2] != (d.face_size, d.face_size):
-                a = np.asarray(Image.fromarray(a).resize((d.face_size, d.face_size), Image.Resampling.LANCZOS))
+            _, a = faces[i]  # already data.face_size square (_aligned_folder resized it once)
             Image.fromarray(a).save(dst / split / f"{i:05d}.png")
     return {
         "files": n_files,
