@@ -61,7 +61,7 @@ def project(tmp_path_factory):
 def test_dvc_repro_end_to_end(project):
     d, env = project
     out = sh("dvc repro", d, env)
-    for stage in ("prepare", "train", "evaluate", "preview", "swap"):
+    for stage in ("prepare", "train", "evaluate", "preview", "demo"):
         assert f"Running stage '{stage}'" in out
     # no TensorFlow C++ error lines in the user's log (grappler's "remapper failed" was one)
     assert "E0000" not in out and "remapper failed" not in out, out[-3000:]
@@ -72,9 +72,9 @@ def test_dvc_repro_end_to_end(project):
     assert {"recon_mae", "recon_psnr", "recon_ssim", "swap_mae", "identity_swap_mae", "cycle_mae"} <= set(ev["a"])
     assert (d / "previews/swap_grid.png").stat().st_size > 1000 and (d / "previews/loss.png").is_file()
     lock = yaml.safe_load((d / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"prepare", "train", "evaluate", "preview", "swap"}
+    assert set(lock["stages"]) == {"prepare", "train", "evaluate", "preview", "demo"}
     verify = json.loads((d / "swaps/verify.json").read_text())
-    assert verify, "the swap stage verified its outputs"
+    assert verify, "the demo stage verified its outputs"
     # the MLflow run in the project's own store: metrics, preview artifact, weights
     client = mlflow.MlflowClient(f"sqlite:///{d / 'mlruns' / 'mlflow.db'}")
     run = client.get_run(model_run(d / "models/final")[0])

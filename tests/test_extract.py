@@ -20,6 +20,7 @@ from autoswap.align import (
     EYE_DISTANCE,
     EYE_Y,
     TEMPLATE,
+    align,
     apply_affine,
     blur_score,
     face_mask,
@@ -32,24 +33,11 @@ from autoswap.align import (
 )
 from autoswap.config import ExtractSettings
 from autoswap.errors import UserError
-from autoswap.extract import (
-    DROP_REASONS,
-    MANIFEST,
-    Face,
-    _names,
-    align,
-    detect,
-    detect_near,
-    extract_to_dir,
-    find_faces,
-    iter_video_frames,
-    select_faces,
-    turn,
-    turn_back,
-)
+from autoswap.extract import DROP_REASONS, MANIFEST, _names, extract_to_dir
+from autoswap.faces import Face, detect, detect_near, find_faces, select_faces, turn, turn_back
 from autoswap.files import MARKER
 from autoswap.images import load_rgb
-from autoswap.video import BadVideo
+from autoswap.video import BadVideo, iter_video_frames
 
 SIZE = 128
 CFG = ExtractSettings()
@@ -275,16 +263,21 @@ def test_keep_largest_central_all_and_thresholds(hopper, astronaut):
     canvas[50:562, 500:1012] = astronaut  # the smaller face, near the centre
     faces = detect(canvas, CFG)
     assert len(faces) >= 2
-    largest, _ = select_faces(faces, canvas.shape, CFG)
-    central, _ = select_faces(faces, canvas.shape, CFG.model_copy(update={"keep": "central"}))
-    every, _ = select_faces(faces, canvas.shape, CFG.model_copy(update={"keep": "all"}))
+    largest, _ = select_faces(faces, canvas.shape, CFG, "largest")
+    central, _ = select_faces(faces, canvas.shape, CFG, "central")
+    every, _ = select_faces(faces, canvas.shape, CFG, "all")
     assert len(largest) == len(central) == 1
     assert largest[0].centre[0] < 512 < central[0].centre[0]
     assert len(every) >= 2 and every[0].area >= every[1].area
-    assert select_faces(faces, canvas.shape, CFG.model_copy(update={"min_confidence": 0.99999}))[1] in (
+    assert select_faces(faces, canvas.shape, CFG.model_copy(update={"min_confidence": 0.99999}), "largest")[1] in (
         "low_confidence",)
-    assert select_faces(faces, canvas.shape, CFG.model_copy(update={"min_face_size": 1000})) == ([], "too_small")
-    assert select_faces([], canvas.shape, CFG) == ([], "no_face")
+    assert select_faces(faces, canvas.shape, CFG.model_copy(update={"min_face_size": 1000}), "largest") == (
+        [], "too_small")
+    assert select_faces([], canvas.shape, CFG, "largest") == ([], "no_face")
+    # swap.faces' indices: into the usable faces ranked largest first, those that exist
+    assert [f.centre[0] for f in select_faces(faces, canvas.shape, CFG, (1, 0))[0]] == [
+        every[1].centre[0], every[0].centre[0]]
+    assert select_faces(faces, canvas.shape, CFG, (len(every),)) == ([], "no_face")
 
 
 # ----------------------------------------------------------------------------- turned photos
@@ -350,7 +343,7 @@ def test_the_most_confident_turn_wins(astronaut):
 
 
 def test_turned_photos_in_the_manifest_and_report(hopper, tmp_path, monkeypatch):
-    import autoswap.extract as ex
+    import autoswap.faces as F
     from autoswap.config import parse
 
     raw = tmp_path / "raw"
@@ -358,8 +351,8 @@ def test_turned_photos_in_the_manifest_and_report(hopper, tmp_path, monkeypatch)
     for k in range(4):
         Image.fromarray(np.ascontiguousarray(np.rot90(hopper, k))).save(raw / f"ccw{90 * k}.png")
     calls = []
-    real = ex.detect
-    monkeypatch.setattr(ex, "detect", lambda image, cfg: calls.append(image.shape) or real(image, cfg))
+    real = F.detect
+    monkeypatch.setattr(F, "detect", lambda image, cfg: calls.append(image.shape) or real(image, cfg))
     # params.yaml's extract.rotate reaches the extractor through Settings
     off = parse({"extract": {"rotate": []}}).extract
     report = extract_to_dir([raw], tmp_path / "off", off, SIZE, progress=False)
@@ -393,7 +386,7 @@ def test_turned_photos_in_the_manifest_and_report(hopper, tmp_path, monkeypatch)
 
 
 def test_turned_video_keeps_the_turn_that_found_the_face(hopper, tmp_path, monkeypatch):
-    import autoswap.extract as ex
+    import autoswap.faces as F
 
     # a sideways clip with no rotation metadata: 4 frames turned counter-clockwise by 90 degrees
     small = cv2.resize(hopper, (320, 376), interpolation=cv2.INTER_AREA)
@@ -401,8 +394,8 @@ def test_turned_video_keeps_the_turn_that_found_the_face(hopper, tmp_path, monke
     _encode(path, [np.ascontiguousarray(np.rot90(small, 1))] * 4)
     calls = {"detect": 0, "detect_near": 0}
     for name in calls:
-        real = getattr(ex, name)
-        monkeypatch.setattr(ex, name, lambda *a, _n=name, _r=real: calls.__setitem__(_n, calls[_n] + 1) or _r(*a))
+        real = getattr(F, name)
+        monkeypatch.setattr(F, name, lambda *a, _n=name, _r=real: calls.__setitem__(_n, calls[_n] + 1) or _r(*a))
     report = extract_to_dir([path], tmp_path / "out", CFG.model_copy(update={"every_nth_frame": 1}), SIZE,
                             progress=False)
     assert report["kept"] == 4 and [i.rsplit(":", 1)[1] for i in report["rotated"]["270"]] == ["0", "1", "2", "3"]
@@ -494,12 +487,12 @@ def test_video_manifest_affine_maps_crops_back_onto_frames(pan_zoom_result, pan_
 
 def test_video_tracking_matches_full_search(pan_zoom_result, pan_zoom_video, tmp_path, monkeypatch):
     _, out = pan_zoom_result
-    import autoswap.extract as ex
+    import autoswap.faces as F
 
     calls = {"detect": 0, "detect_near": 0}
 
     def counted(name):
-        real = getattr(ex, name)
+        real = getattr(F, name)
 
         def spy(*args, **kwargs):
             calls[name] += 1
@@ -508,7 +501,7 @@ def test_video_tracking_matches_full_search(pan_zoom_result, pan_zoom_video, tmp
         return spy
 
     for name in calls:
-        monkeypatch.setattr(ex, name, counted(name))
+        monkeypatch.setattr(F, name, counted(name))
     # 12 searched frames: the whole frame at the first and at every 5th search, the rest tracked
     cfg = CFG.model_copy(update={"every_nth_frame": 3, "full_search_every": 4})
     assert extract_to_dir([pan_zoom_video], tmp_path / "t", cfg, SIZE, progress=False)["kept"] == 12

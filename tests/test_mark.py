@@ -1,5 +1,6 @@
-"""The AI-generated marks (autoswap.mark): the invisible watermark (robustness, false positives,
-visibility), the metadata statement in every image format, the C2PA manifest, and verify.
+"""The AI-generated marks (autoswap.mark): the invisible watermark (autoswap.watermark: robustness,
+false positives, visibility), the metadata statement in every image format, the C2PA manifest,
+and verify.
 Swapped outputs end to end are in test_swap.py."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from PIL import Image
 
 from autoswap import __version__
 from autoswap import mark as M
+from autoswap import watermark as W
 from autoswap.cli import main
 
 SKIMAGE_DATA = Path(skimage.__file__).parent / "data"
@@ -75,13 +77,13 @@ ATTACKS = {"fresh": lambda a: a, "jpeg75": jpeg, "half": half, "half+jpeg75": la
 @pytest.mark.parametrize("name", ["grace_hopper", "astronaut", "coffee", "chelsea", "rocket", "camera"])
 def test_watermark_survives_jpeg75_and_half_size(name, photos):
     img = photos[name]
-    marked = M.embed_watermark(img, ID)
+    marked = W.embed_watermark(img, ID)
     assert marked.shape == img.shape and marked.dtype == np.uint8
     # invisible: ~49 dB, an RMS change under one grey level (measured 48.4-49.9 dB on these)
     assert psnr(img, marked) > 46
     for attack, fn in ATTACKS.items():
-        r = M.detect_watermark(fn(marked))
-        bits, slots = M.bit_accuracy(r, ID)
+        r = W.detect_watermark(fn(marked))
+        bits, slots = W.bit_accuracy(r, ID)
         assert r.found and r.id == ID, f"{name} {attack}: confidence {r.confidence:.2f}, bits {bits:.2f}"
         assert bits == 1.0  # measured: all 48 bits (ID + CRC) on every photo and attack
         floor = {"fresh": 0.97, "jpeg75": 0.85, "half": 0.8, "half+jpeg75": 0.7}[attack]
@@ -118,16 +120,16 @@ def _unmarked_variants(photos: dict[str, np.ndarray], n: int = 100) -> list[np.n
 def test_no_watermark_found_in_100_unmarked_images(photos):
     images = _unmarked_variants(photos)
     assert len(images) == 100
-    readings = [M.detect_watermark(v) for v in images]
+    readings = [W.detect_watermark(v) for v in images]
     assert not any(r.found for r in readings)
     # unmarked images agree with their best word at 0.11 +- 0.012 (measured max 0.15); the
     # threshold is 0.2 and the CRC-16 must match too
-    assert max(r.confidence for r in readings) < 0.18 < M.WM_MIN_CONFIDENCE
+    assert max(r.confidence for r in readings) < 0.18 < W.WM_MIN_CONFIDENCE
 
 
 def test_a_flat_or_black_image_decodes_to_nothing():
     for v in (0, 128, 255):
-        assert not M.detect_watermark(np.full((200, 300, 3), v, np.uint8)).found
+        assert not W.detect_watermark(np.full((200, 300, 3), v, np.uint8)).found
 
 
 def test_watermark_id_is_tied_to_the_mlflow_run():

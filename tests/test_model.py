@@ -29,15 +29,46 @@ def test_other_sizes_and_widths_round_trip(size, width):
 def test_final_weights_round_trip_and_foreign_folder(tmp_path):
     cfg = ModelSettings(input_size=32, width=0.0625, latent_dim=64)
     nets = M.build(cfg)
-    M.save_final(tmp_path / "final", nets, {"model": cfg.model_dump(mode="json"), "face_size": 64})
-    enc2, dec_a2, dec_b2, meta = M.load_final(tmp_path / "final")
+    M.save_final(tmp_path / "final", nets, {"model": cfg.model_dump(mode="json"), "face_size": 64, "crop": 0.625})
+    enc2, dec_a2, dec_b2, card = M.load_final(tmp_path / "final")
+    assert card == M.ModelCard(model=cfg, face_size=64, crop=0.625) and card.input_size == 32
     x = np.random.default_rng(1).random((1, 32, 32, 3), dtype=np.float32)
     np.testing.assert_array_equal(np.asarray(nets[2](nets[0](x))), np.asarray(dec_b2(enc2(x))))
     with pytest.raises(UserError, match="no trained model"):
         M.load_final(tmp_path / "missing")
-    (tmp_path / "final" / "model.json").write_text('{"model": {"input_size": 64}, "face_size": 64}')
+    (tmp_path / "final" / "model.json").write_text('{"model": {"input_size": 64}, "face_size": 64, "crop": 0.625}')
     with pytest.raises(UserError, match="does not match"):
         M.load_final(tmp_path / "final")
+
+
+def test_model_card_reads_older_model_json_and_writes_what_train_wrote(tmp_path):
+    """model.json is the model's card: train's dict becomes the same bytes as before the card,
+    an older model.json's run keys (now in models/run.json) are ignored, anything else unknown
+    is refused."""
+    import json
+
+    from autoswap.config import parse
+
+    s = parse({})
+    meta = {"autoswap_version": "0.1.0", "model": s.model.model_dump(mode="json"), "face_size": 128,
+            "crop": 0.625, "steps": 5000, "seed": 0}
+    card = M.ModelCard.from_dict(meta)
+    assert card.model_dump(mode="json", exclude_none=True) == meta
+    assert (card.steps, card.seed, card.autoswap_version, card.input_size) == (5000, 0, "0.1.0", 64)
+    older = {**meta, "mlflow_run_id": "4922ba27fa914ad39bf9b5f13fd0a490", "mlflow_tracking_uri": "sqlite:///x.db"}
+    assert M.ModelCard.from_dict(older) == card
+    (tmp_path / "model.json").write_text(json.dumps(older))
+    assert M.read_card(tmp_path) == card
+    (tmp_path / "model.json").write_text(json.dumps({**meta, "dropout": 0.1}))
+    with pytest.raises(UserError, match="written by another autoswap version or config"):
+        M.read_card(tmp_path)
+    with pytest.raises(ValueError):  # frozen
+        card.__setattr__("crop", 0.5)
+    # the geometry check evaluate and preview make against params.yaml
+    M.check_geometry(card, s, tmp_path)
+    with pytest.raises(UserError, match="trained for other face/input sizes or crop"):
+        M.check_geometry(card.model_copy(update={"crop": 0.5}), s, tmp_path)
+    assert card.settings().train.crop == 0.625 and card.settings().data.face_size == 128
 
 
 def test_pixel_shuffle_is_tf_depth_to_space():

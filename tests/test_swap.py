@@ -23,16 +23,12 @@ from test_train import random_faces
 
 from autoswap import mark as M
 from autoswap import tracking
+from autoswap import watermark as W
 from autoswap.align import align, apply_affine, face_mask, invert_affine
 from autoswap.cli import main
 from autoswap.config import parse
-from autoswap.swap import (
-    FaceSwapModel,
-    LandmarkSmoother,
-    Swapper,
-    swap_demo,
-    tag_watermark_id,
-)
+from autoswap.demo import demo as demo_stage
+from autoswap.swap import FaceSwapModel, LandmarkSmoother, Swapper, tag_watermark_id
 from autoswap.video import iter_video_frames
 
 
@@ -135,7 +131,7 @@ def test_only_the_face_changes(model, settings, hopper):
     core = frame_mask(hopper, faces[0].landmarks, s, dilate=-0.1)  # well inside the face
     assert (diff[core] > 0).mean() > 0.95 and diff[core].mean() > 8
     # what the watermark adds on top: every pixel may move, by about one grey level
-    marked = M.embed_watermark(out, 0x1234ABCD)
+    marked = W.embed_watermark(out, 0x1234ABCD)
     wdiff = np.abs(marked.astype(int) - out)
     psnr = 10 * np.log10(255.0**2 / np.mean(wdiff.astype(float) ** 2))
     assert psnr > 46 and wdiff.max() <= 10  # measured: 49.0 dB, max 6 grey levels
@@ -224,8 +220,8 @@ def test_swap_photo_cli_marks_and_verify(fmt, params, model_dir, hopper, tmp_pat
     for name, attacked in (("fresh", pixels),
                            ("jpeg75", Image.open(_jpeg(pixels, tmp_path / "q75.jpg")).convert("RGB")),
                            ("half", Image.fromarray(pixels).resize((pixels.shape[1] // 2, pixels.shape[0] // 2)))):
-        reading = M.detect_watermark(np.asarray(attacked))
-        bits, slots = M.bit_accuracy(reading, wm)
+        reading = W.detect_watermark(np.asarray(attacked))
+        bits, slots = W.bit_accuracy(reading, wm)
         assert reading.found and reading.id == wm, name
         assert bits == 1.0 and slots > {"fresh": 0.97, "jpeg75": 0.85, "half": 0.8}[name], (name, slots)
 
@@ -243,9 +239,14 @@ def test_swap_tags_the_models_mlflow_run_with_the_watermark_id(params, model_dir
 
 
 def test_no_mlflow_store_means_no_tag_and_no_new_store(tmp_path):
+    model = tmp_path / "models" / "final"
+    model.mkdir(parents=True)
+    (model / "model.json").write_text("{}")
+    assert not tag_watermark_id(model, 1)  # no run.json: no run
     gone = tmp_path / "moved" / "mlflow.db"
-    assert not tag_watermark_id({"mlflow_run_id": "abc", "mlflow_tracking_uri": f"sqlite:///{gone}"}, 1)
-    assert not tag_watermark_id({"mlflow_run_id": None}, 1)
+    tracking.write_model_run(model, "abc", f"sqlite:///{gone}")
+    assert tracking.model_run(model) == ("abc", f"sqlite:///{gone}")
+    assert not tag_watermark_id(model, 1)  # its store is not there
     assert not (tmp_path / "moved").exists()
 
 
@@ -257,15 +258,15 @@ def _jpeg(a: np.ndarray, path: Path) -> Path:
 @pytest.mark.filterwarnings("ignore::UserWarning")  # Keras, loading the mismatched weights
 def test_other_geometry_is_read_from_model_json(env, hopper_jpg, params, tmp_path):
     """A model of another resolution (96 px faces, centre half, 48 px input) is used with its
-    own saved geometry, whatever params.yaml says."""
+    own saved geometry (its card), whatever params.yaml says."""
     from autoswap.config import ModelSettings
-    from autoswap.model import build, save_final
+    from autoswap.model import ModelCard, build, save_final
 
     cfg = ModelSettings(input_size=48, width=0.0625, latent_dim=64)
     d = tmp_path / "m96"
-    save_final(d, build(cfg), {"model": cfg.model_dump(mode="json"), "face_size": 96, "crop": 0.5,
-                               "mlflow_run_id": None})
+    save_final(d, build(cfg), ModelCard(model=cfg, face_size=96, crop=0.5))
     m = FaceSwapModel(d, "a")
+    assert m.card == ModelCard(model=cfg, face_size=96, crop=0.5) and m.run["mlflow_run_id"] is None
     assert (m.geometry.face_size, m.geometry.input_size, m.geometry.crop) == (96, 48, 0.5)
     assert m.model_input(np.zeros((1, 96, 96, 3), np.uint8)).shape == (1, 48, 48, 3)
     out = tmp_path / "o.jpg"
@@ -408,11 +409,11 @@ def test_video_output_must_be_mp4_or_mov(params, hopper, tmp_path, capsys):
     assert not list(tmp_path.glob(".autoswap-*"))
 
 
-# ----------------------------------------------------------------------------- the DVC stage
+# ----------------------------------------------------------------------------- the DVC stage (autoswap.demo)
 def test_demo_stage_swaps_verifies_and_logs(settings, model_dir, env, tmp_path):
     s = settings.model_copy(update={"swap": settings.swap.model_copy(update={"demo": settings.swap.demo.model_copy(
         update={"input_dir": tmp_path / "demo", "out_dir": tmp_path / "swaps", "frames": 8})})})
-    r = swap_demo(s, progress=False)
+    r = demo_stage(s, progress=False)
     files = sorted(p.name for p in (tmp_path / "swaps").iterdir())
     assert files == [".autoswap-output", "grace_hopper.jpg", "grace_hopper_clip.mp4", "verify.json"]
     for name, check in r["verify"].items():
@@ -442,7 +443,7 @@ def test_demo_stage_looks_for_the_model_before_it_touches_a_folder(tmp_path):
     from autoswap.errors import UserError
 
     with pytest.raises(UserError, match=r"no_model: no such model folder"):
-        swap_demo(s, progress=False)
+        demo_stage(s, progress=False)
     assert [p.name for p in photos.iterdir()] == ["me.jpg"] and (photos / "me.jpg").read_bytes() == b"a photo"
     assert not (tmp_path / "demo").exists()
 
@@ -465,10 +466,10 @@ def test_demo_stage_refuses_output_folders_it_did_not_write(settings, env, tmp_p
                      (str(demo / "out"), f"params.yaml: key 'swap.demo.out_dir': {demo / 'out'} is, holds or lies "
                                          f"inside {demo} (an input)")):
         with pytest.raises(UserError) as e:
-            swap_demo(_demo_settings(settings, input_dir=demo, out_dir=Path(out), frames=4), progress=False)
+            demo_stage(_demo_settings(settings, input_dir=demo, out_dir=Path(out), frames=4), progress=False)
         assert str(e.value).startswith(msg)
     with pytest.raises(UserError, match=r"key 'swap.demo.input_dir': data/raw/a is, holds or lies inside data/raw"):
-        swap_demo(_demo_settings(settings, input_dir=Path("data/raw/a"), out_dir=tmp_path / "swaps"), progress=False)
+        demo_stage(_demo_settings(settings, input_dir=Path("data/raw/a"), out_dir=tmp_path / "swaps"), progress=False)
     assert [p.name for p in raw.iterdir()] == ["me.jpg"] and (raw / "me.jpg").read_bytes() == b"a photo"
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
     assert not demo.exists() and not (tmp_path / "swaps").exists()

@@ -72,19 +72,41 @@ def cmd_extract(args):
             print(f"  found turned by {angle} degrees: {item}")
 
 
-# `autoswap swap` flags -> swap.* keys; a flag left out keeps params.yaml's value
-_SWAP_FLAGS = {"model": "model", "to": "to", "faces": "faces", "color": "color", "poisson": "poisson",
-               "erode": "mask_erode", "feather": "mask_feather", "smooth": "smooth", "crf": "crf", "label": "label"}
+# ----------------------------------------------------------------------------- swap's flags
+def _add_swap_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting that config.SwapSettings marks with one (SwapSettings.flags), its
+    help the setting's description, its type the setting's: a new flag is a new field there."""
+    from typing import Literal, get_args, get_origin
+
+    from autoswap.config import SwapSettings
+
+    for flag, key in SwapSettings.flags().items():
+        field = SwapSettings.model_fields[key]
+        kind = field.annotation
+        kw: dict = {"help": f"{field.description} (swap.{key})"}
+        if kind is bool:
+            kw |= {"action": argparse.BooleanOptionalAction, "default": None}
+        elif get_origin(kind) is Literal:
+            kw["choices"] = get_args(kind)
+        else:
+            kw["metavar"] = flag.upper()
+            if kind in (int, float, Path):
+                kw["type"] = kind  # anything else (swap.faces: "largest", "0,2") goes to pydantic as typed
+        parser.add_argument(f"--{flag}", dest=f"swap_{key}", **kw)
 
 
 def _swap_settings(args):
+    """params.yaml's settings with the swap flags given on the command line in place of its
+    values (a flag left out keeps params.yaml's); a bad value is a one-line error naming the flag."""
     from pydantic import ValidationError
 
     from autoswap.config import SwapSettings
     from autoswap.errors import UserError
 
     s = _settings(args)
-    over = {key: getattr(args, flag) for flag, key in _SWAP_FLAGS.items() if getattr(args, flag) is not None}
+    flags = SwapSettings.flags()
+    given = {key: getattr(args, f"swap_{key}") for key in flags.values()}
+    over = {key: v for key, v in given.items() if v is not None}
     if not over:
         return s
     try:
@@ -92,24 +114,22 @@ def _swap_settings(args):
     except ValidationError as e:
         err = e.errors()[0]
         key = str(err["loc"][0]) if err["loc"] else ""
-        flag = next((f for f, k in _SWAP_FLAGS.items() if k == key), None)
-        raise UserError(f"--{flag or key}: {err['msg']} (got {err.get('input')!r})") from None
+        flag = next((f for f, k in flags.items() if k == key), key)
+        raise UserError(f"--{flag}: {err['msg']} (got {err.get('input')!r})") from None
     return s.model_copy(update={"swap": swap})
 
 
 def cmd_swap(args):
     from autoswap.errors import UserError
-    from autoswap.swap import swap_demo, swap_files
+    from autoswap.swap import swap_files
 
     s = _swap_settings(args)
-    if args.demo:
+    if args.demo:  # the DVC stage's command before it had its own
         if args.input or args.output:
             raise UserError("--demo takes no INPUT or OUTPUT (it swaps swap.demo's photo and clip)")
-        r = swap_demo(s, progress=not args.quiet)
-        print(f"autoswap: demo swapped into {s.swap.demo.out_dir} (watermark ID {r['watermark_id']})")
-        return 0
+        return _run_demo(s, args.quiet)
     if args.input is None or args.output is None:
-        raise UserError("swap needs INPUT and OUTPUT (or --demo); see `autoswap swap --help`")
+        raise UserError("swap needs INPUT and OUTPUT; see `autoswap swap --help`")
     results = swap_files(s, args.input, args.output, force=args.force, progress=not args.quiet)
     for r in results:
         if r["status"] == "swapped":
@@ -119,6 +139,18 @@ def cmd_swap(args):
         elif r["status"] == "copied":
             print(f"autoswap: {r['input']} -> {r['output']}: no face, copied unchanged")
     return 0 if any(r["status"] in ("swapped", "copied") for r in results) else 1
+
+
+def _run_demo(settings, quiet: bool) -> int:
+    from autoswap.demo import demo
+
+    r = demo(settings, progress=not quiet)
+    print(f"autoswap: demo swapped into {settings.swap.demo.out_dir} (watermark ID {r['watermark_id']})")
+    return 0
+
+
+def cmd_demo(args):
+    return _run_demo(_settings(args), args.quiet)
 
 
 def cmd_verify(args):
@@ -237,22 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "C2PA manifest; these cannot be switched off.")
     sw.add_argument("input", nargs="?", type=Path, help="photo, video, or folder of them")
     sw.add_argument("output", nargs="?", type=Path, help="output file (same format) or folder; never INPUT")
-    sw.add_argument("--model", type=Path, help="trained model folder (swap.model, default models/final)")
-    sw.add_argument("--to", choices=("a", "b"), help="decoder drawing the new face (swap.to)")
-    sw.add_argument("--faces", help="largest, all, or indices such as 0 or 0,2 (0 = largest) (swap.faces)")
-    sw.add_argument("--color", choices=("none", "mean_std", "histogram"), help="LAB colour transfer (swap.color)")
-    sw.add_argument("--poisson", action=argparse.BooleanOptionalAction, default=None,
-                    help="OpenCV seamlessClone before the feathered blend (swap.poisson)")
-    sw.add_argument("--erode", type=float, help="mask erosion, fraction of the face (swap.mask_erode)")
-    sw.add_argument("--feather", type=float, help="mask feather, fraction of the face (swap.mask_feather)")
-    sw.add_argument("--smooth", type=float, help="video landmark smoothing 0..0.99, 0 = off (swap.smooth)")
-    sw.add_argument("--crf", type=int, help="H.264 quality 0 (lossless) .. 51 (swap.crf)")
-    sw.add_argument("--label", action=argparse.BooleanOptionalAction, default=None,
-                    help="a visible AI-generated label too (swap.label)")
+    _add_swap_flags(sw)
     sw.add_argument("--force", action="store_true", help="replace an existing OUTPUT (never INPUT)")
-    sw.add_argument("--demo", action="store_true", help="DVC stage: swap the demo photo and clip (swap.demo)")
+    sw.add_argument("--demo", action="store_true", help="the same as `autoswap demo` (with these flags)")
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
     sw.set_defaults(fn=cmd_swap)
+    dm = sub.add_parser("demo", help="DVC stage: swap the demo photo and clip, verify and log them (swap.demo)")
+    dm.add_argument("--quiet", action="store_true", help="no progress bar")
+    dm.set_defaults(fn=cmd_demo)
     vf = sub.add_parser("verify", help="report the AI-generated marks (metadata, watermark, C2PA) of a file")
     vf.add_argument("file", type=Path, help="photo or video")
     vf.add_argument("--json", action="store_true", help="the full report as JSON")
@@ -292,7 +316,7 @@ def _quiet_tensorflow_start() -> None:
 
 # the commands that always run TensorFlow; not prepare: the synthetic renderer and aligned folders
 # need no TensorFlow, and importing it there would cost ~600 MB of memory for nothing
-_TF_COMMANDS = {"train", "evaluate", "preview", "extract", "swap"}
+_TF_COMMANDS = {"train", "evaluate", "preview", "extract", "swap", "demo"}
 
 
 def main(argv: list[str] | None = None) -> int:

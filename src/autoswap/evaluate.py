@@ -138,8 +138,8 @@ def evaluate(settings: Settings, model_dir: Path = Path("models/final"), metrics
     from autoswap.model import check_geometry, load_final
     from autoswap.pipeline import BatchSpec, load_faces
 
-    *nets, meta = load_final(model_dir)
-    check_geometry(meta, settings, model_dir)
+    *nets, card = load_final(model_dir)
+    check_geometry(card, settings, model_dir)
     spec = BatchSpec.from_settings(settings)
     root, size = settings.data.faces_dir, settings.data.face_size
     faces, gts, train_faces = {}, {}, {}
@@ -155,8 +155,7 @@ def evaluate(settings: Settings, model_dir: Path = Path("models/final"), metrics
     metrics_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(metrics_dir / "eval.json", result)
 
-    if run := tracking.model_run(model_dir):  # a model without its run (copied elsewhere): not logged
-        tracking.setup(settings.tracking.experiment)
-        with mlflow.start_run(run_id=run[0]):
+    with tracking.log_to_model_run(model_dir) as run:
+        if run is not None:  # None: a model without its run (copied elsewhere), not logged
             mlflow.log_metrics({f"eval.{s}.{k}": v for s, m in result.items() for k, v in m.items()})
     return result

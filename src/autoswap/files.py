@@ -84,7 +84,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 # ----------------------------------------------------------------------------- output folders
-def _within(child: Path, parent: Path) -> bool:
+def is_inside(child: Path, parent: Path) -> bool:
+    """Whether `child` is `parent` or lies anywhere under it, links resolved (the one check
+    extract, swap and the output folders use)."""
+    child, parent = Path(child).resolve(), Path(parent).resolve()
     return child == parent or parent in child.parents
 
 
@@ -110,12 +113,12 @@ def check_output_dir(path: Path, where: str, inputs: Iterable[Path | None] = (),
         pass
     protected += [("the project root", r) for r in project_roots()]
     for what, p in protected:
-        if _within(p, out):
+        if is_inside(p, out):
             raise UserError(f"{where}: {path} is or holds {what} ({p}); {hint}")
     always = [r / a for r in project_roots() for a in ALWAYS_INPUTS]
     for given in [*ALWAYS_INPUTS, *always, *(p for p in inputs if p is not None)]:
         inp = Path(given).resolve()
-        if _within(out, inp) or _within(inp, out):
+        if is_inside(out, inp) or is_inside(inp, out):
             raise UserError(f"{where}: {path} is, holds or lies inside {given} (an input); {hint}")
 
 

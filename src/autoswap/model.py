@@ -1,7 +1,11 @@
-"""The 2017 deepfakes network, as in the seed: one shared encoder, one decoder per person.
+"""The 2017 deepfakes network, as in the seed: one shared encoder, one decoder per person, and
+the trained model's folder (models/final: its weights and its card, model.json).
 
 At the default width (1.0) and input size (64) the sub-models are exactly the seed's:
 encoder 69,662,976 parameters, each decoder 6,199,747.
+
+Why the card lives here: every stage after train rebuilds the network from it and cuts its input
+with its geometry, so the network, its files and what they mean are read in one place.
 """
 
 from __future__ import annotations
@@ -11,8 +15,9 @@ from pathlib import Path
 
 import keras
 from keras import layers
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from autoswap.config import ModelSettings
+from autoswap.config import ModelSettings, Settings
 
 
 def _width(filters: int, width: float, multiple: int = 8) -> int:
@@ -137,14 +142,57 @@ def build(cfg: ModelSettings, conv_as_matmul: bool = False) -> tuple[keras.Model
 
 # ----------------------------------------------------------------------------- final weights
 # models/final/ holds encoder.weights.h5, decoder_a.weights.h5, decoder_b.weights.h5 (Keras 3
-# weight files) and model.json: the model settings and the crop geometry used in training, so
-# that evaluate, preview and swap rebuild the network and its input exactly, without retyping.
+# weight files) and model.json, the model's card: the model settings and the crop geometry used in
+# training, so that evaluate, preview and swap rebuild the network and its input exactly, without
+# retyping. Nothing run-specific goes in (the MLflow run is in models/run.json, tracking.model_run):
+# the same training gives the same bytes, and the same DVC hash.
 WEIGHT_FILES = ("encoder", "decoder_a", "decoder_b")
 
+# keys that older model.json files hold and the card no longer does; dropped when read
+LEGACY_KEYS = ("mlflow_run_id", "mlflow_tracking_uri")
 
-def save_final(out_dir: Path, nets, meta: dict) -> None:
+
+class ModelCard(BaseModel):
+    """models/final/model.json: what the model is and how its input is cut. The one way
+    evaluate, preview and swap read a model's geometry."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: ModelSettings  # the network (model.input_size is the size it sees)
+    face_size: int = Field(ge=16, le=1024, multiple_of=16)  # data.face_size: the aligned faces
+    crop: float = Field(gt=0, le=1)  # train.crop: the centre part of the face the model sees
+    steps: int | None = Field(None, ge=0)  # the steps trained
+    seed: int | None = None
+    autoswap_version: str | None = None
+
+    @model_validator(mode="after")
+    def _crop_fits(self) -> ModelCard:
+        if self.crop * self.face_size < self.model.input_size / 2:
+            raise ValueError("crop x face_size is too small for model.input_size")
+        return self
+
+    @property
+    def input_size(self) -> int:
+        return self.model.input_size
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> ModelCard:
+        """A card from model.json's contents (or the dict train hands to save_final); the
+        LEGACY_KEYS are ignored, any other unknown key is refused."""
+        return cls(**{k: v for k, v in raw.items() if k not in LEGACY_KEYS})
+
+    def settings(self) -> Settings:
+        """params.yaml's defaults with this model's network and geometry: what
+        pipeline.BatchSpec and center_crop need to cut faces exactly as in training."""
+        return Settings(data={"face_size": self.face_size}, model=self.model, train={"crop": self.crop})
+
+
+def save_final(out_dir: Path, nets, card: ModelCard | dict) -> None:
+    """Write the three weight files, then model.json (`card`, or the dict train passes, made
+    into one)."""
     from autoswap.files import atomic_write_json
 
+    card = card if isinstance(card, ModelCard) else ModelCard.from_dict(card)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "model.json").unlink(missing_ok=True)
     for name, net in zip(WEIGHT_FILES, nets, strict=True):
@@ -152,23 +200,29 @@ def save_final(out_dir: Path, nets, meta: dict) -> None:
         net.save_weights(tmp)
         tmp.replace(out_dir / f"{name}.weights.h5")
     # written last: a folder without model.json is not a model, so a cut-off save is never used
-    atomic_write_json(out_dir / "model.json", meta)
+    atomic_write_json(out_dir / "model.json", card.model_dump(mode="json", exclude_none=True))
 
 
-def load_final(model_dir: Path):
-    """-> (encoder, decoder_a, decoder_b, meta). Raises UserError for a missing or foreign folder."""
+def read_card(model_dir: Path) -> ModelCard:
+    """models/final/model.json as a ModelCard. Raises UserError for a missing or foreign one."""
     from autoswap.errors import UserError
 
-    model_dir = Path(model_dir)
-    meta_file = model_dir / "model.json"
+    meta_file = Path(model_dir) / "model.json"
     if not meta_file.is_file():
         raise UserError(f"{meta_file}: no trained model here; run `dvc repro train` (or pass --model DIR)")
     try:
-        meta = json.loads(meta_file.read_text())
-        cfg = ModelSettings(**meta["model"])
+        return ModelCard.from_dict(json.loads(meta_file.read_text()))
     except Exception:
         raise UserError(f"{meta_file}: written by another autoswap version or config; retrain") from None
-    nets = build(cfg)
+
+
+def load_final(model_dir: Path) -> tuple[keras.Model, keras.Model, keras.Model, ModelCard]:
+    """-> (encoder, decoder_a, decoder_b, card). Raises UserError for a missing or foreign folder."""
+    from autoswap.errors import UserError
+
+    model_dir = Path(model_dir)
+    card = read_card(model_dir)
+    nets = build(card.model)
     for name, net in zip(WEIGHT_FILES, nets, strict=True):
         f = model_dir / f"{name}.weights.h5"
         if not f.is_file():
@@ -176,17 +230,17 @@ def load_final(model_dir: Path):
         try:
             net.load_weights(f)
         except Exception as e:
-            raise UserError(f"{f}: does not match {meta_file} ({type(e).__name__}); retrain") from None
-    return (*nets, meta)
+            raise UserError(f"{f}: does not match {model_dir / 'model.json'} ({type(e).__name__}); retrain") from None
+    return (*nets, card)
 
 
-def check_geometry(meta: dict, settings, model_dir: Path) -> None:
+def check_geometry(card: ModelCard, settings: Settings, model_dir: Path) -> None:
     """evaluate and preview feed the model faces cut with params.yaml's geometry: it must be the
-    geometry the model was trained with (swap reads it from model.json instead)."""
+    geometry the model was trained with (swap reads it from the card instead)."""
     from autoswap.errors import UserError
 
     ours = (settings.data.face_size, settings.model.input_size, settings.train.crop)
-    theirs = (meta.get("face_size"), meta["model"].get("input_size"), meta.get("crop"))
+    theirs = (card.face_size, card.input_size, card.crop)
     if ours != theirs:
         raise UserError(
             f"{model_dir}: trained for other face/input sizes or crop (face_size, input_size, crop = "

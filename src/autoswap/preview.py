@@ -23,8 +23,8 @@ def preview(settings: Settings, model_dir: Path = Path("models/final"), loss_csv
     from autoswap.pipeline import BatchSpec, load_faces
     from autoswap.report import loss_plot, preview_grid, read_history
 
-    *nets, meta = load_final(model_dir)
-    check_geometry(meta, settings, model_dir)
+    *nets, card = load_final(model_dir)
+    check_geometry(card, settings, model_dir)
     spec = BatchSpec.from_settings(settings)
     n, root, size = settings.preview.faces, settings.data.faces_dir, settings.data.face_size
     faces = {s: load_faces(root / s / "val", size)[0][:n] for s in "ab"}
@@ -40,9 +40,8 @@ def preview(settings: Settings, model_dir: Path = Path("models/final"), loss_csv
     summary = {"grid": str(out / "swap_grid.png"), "faces_per_person": len(faces["a"]), "ground_truth": has_gt}
     atomic_write_text(out / "preview.json", json.dumps(summary, indent=2) + "\n")
 
-    if run := tracking.model_run(model_dir):  # a model without its run (copied elsewhere): not logged
-        tracking.setup(settings.tracking.experiment)
-        with mlflow.start_run(run_id=run[0]):
+    with tracking.log_to_model_run(model_dir) as run:
+        if run is not None:  # None: a model without its run (copied elsewhere), not logged
             mlflow.log_artifact(str(out / "swap_grid.png"), artifact_path="previews")
             if rows:
                 mlflow.log_artifact(str(out / "loss.png"), artifact_path="plots")

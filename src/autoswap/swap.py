@@ -1,26 +1,30 @@
 """`autoswap swap`: put the other person's face into photos and videos, seamlessly, and mark
 the result as AI-generated (autoswap.mark).
 
+Why one module: everything between a face found and a face pasted back (the model's view of it,
+colour, mask, blend) must agree on one geometry, the model card's (models/final/model.json).
+
 For every photo or video frame:
-1. **Find faces** with the extraction code (MTCNN, extract.min_confidence / min_face_size /
+1. **Find faces** (autoswap.faces: MTCNN with extract.min_confidence / min_face_size /
    detect_size); pick the largest, all, or some by index (swap.faces; 0 = the largest, by box
-   area). In a video the chosen faces are followed with `extract.detect_near` and the whole frame
+   area). In a video the chosen faces are followed with `faces.detect_near` and the whole frame
    is searched again every extract.full_search_every frames (extract.track), and the landmarks
    are smoothed over time (swap.smooth) so the pasted face does not jitter.
-2. **Align** each face onto the template at the model's face size (extract.align: the same
+2. **Align** each face onto the template at the model's face size (align.align: the same
    template and margin as training) and take the model's view of it with
    `pipeline.center_crop`, with the geometry (face_size, crop, input_size) read from the
-   model's model.json, never from params.yaml.
+   model's card (model.ModelCard), never from params.yaml.
 3. **Swap**: the shared encoder, then decoder A or B (swap.to).
 4. **Colour**: the new face's LAB statistics are matched to the original face's inside the mask
    (mean/std, or full histograms), on the model-size images.
-5. **Blend**: the landmark mask (extract.face_mask), cut to the part of the face the model
+5. **Blend**: the landmark mask (align.face_mask), cut to the part of the face the model
    sees, eroded (swap.mask_erode) and feathered (swap.mask_feather), is warped back with the
    inverse affine together with the new face; optional Poisson blending (OpenCV
    seamlessClone) first. Pixels where the mask is 0 are left exactly as they were, so
    bystanders and the background are untouched (before the watermark, which changes every pixel
    by about one grey level).
 Faces are found on the input frame; each chosen face is blended into the output in turn.
+The demo DVC stage that runs this on a real photo and clip is autoswap.demo.
 """
 
 from __future__ import annotations
@@ -35,15 +39,15 @@ import numpy as np
 
 from autoswap.config import ExtractSettings, Settings, SwapSettings
 from autoswap.errors import UserError
-from autoswap.files import atomic_write_json, check_output_dir, fresh_output_dir
+from autoswap.faces import FaceTracker
+from autoswap.files import is_inside
+
 
 # ----------------------------------------------------------------------------- the model
-
-
 @dataclass(frozen=True)
 class Geometry:
     """How a `face_size` aligned face becomes the model's `input_size` input: its centre
-    `crop` fraction, resized (pipeline._output_grid). Read from model.json."""
+    `crop` fraction, resized (pipeline._output_grid). From the model's card."""
 
     face_size: int
     input_size: int
@@ -62,18 +66,6 @@ class Geometry:
         return np.array([[k, 0.0, t], [0.0, k, t]])
 
 
-def _geometry_settings(meta: dict, where: Path) -> Settings:
-    """A Settings tree carrying the model's own geometry, so that pipeline.BatchSpec and
-    center_crop are used exactly as in training."""
-    from autoswap.config import parse
-
-    try:
-        return parse({"data": {"face_size": meta["face_size"]}, "model": meta["model"],
-                      "train": {"crop": meta["crop"]}}, where)
-    except (KeyError, TypeError, UserError):
-        raise UserError(f"{where}: no face_size / crop / model settings in it; retrain with this autoswap") from None
-
-
 class FaceSwapModel:
     """The trained encoder + one decoder, with the crop geometry it was trained with."""
 
@@ -87,15 +79,14 @@ class FaceSwapModel:
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
             raise UserError(f"{model_dir}: no such model folder; train one with `dvc repro train` or pass --model DIR")
-        encoder, decoder_a, decoder_b, meta = load_final(model_dir)
-        # the training's MLflow run is no part of model.json: tracking.model_run finds it (None for a
-        # model folder without its models/run.json), and the rest of swap reads it from self.meta
-        run = tracking.model_run(model_dir)
-        meta = {**meta, "mlflow_run_id": run and run[0], "mlflow_tracking_uri": run and run[1]}
-        self.meta, self.dir = meta, model_dir
-        settings = _geometry_settings(meta, model_dir / "model.json")
-        self.spec = BatchSpec.from_settings(settings)
-        self.geometry = Geometry(settings.data.face_size, settings.model.input_size, settings.train.crop)
+        encoder, decoder_a, decoder_b, card = load_final(model_dir)
+        self.card, self.dir = card, model_dir
+        # the training's MLflow run is no part of the card: tracking.model_run finds it (None for a
+        # model folder without its models/run.json); the marks carry it
+        run_id, uri = tracking.model_run(model_dir) or (None, None)
+        self.run = {"mlflow_run_id": run_id, "mlflow_tracking_uri": uri}
+        self.spec = BatchSpec.from_settings(card.settings())
+        self.geometry = Geometry(card.face_size, card.input_size, card.crop)
         decoder = decoder_a if to == "a" else decoder_b
         size = self.geometry.input_size
 
@@ -171,50 +162,7 @@ def blend_mask(mask: np.ndarray, geometry: Geometry, erode: float, feather: floa
     return soft
 
 
-# ----------------------------------------------------------------------------- finding faces
-def choose_faces(faces: list, cfg: ExtractSettings, which) -> list:
-    """Faces above the confidence and size thresholds, largest first, then swap.faces."""
-    good = sorted((f for f in faces if f.confidence >= cfg.min_confidence and f.size >= cfg.min_face_size),
-                  key=lambda f: -f.area)
-    if which == "largest":
-        return good[:1]
-    if which == "all":
-        return good
-    return [good[i] for i in which if i < len(good)]
-
-
-class FaceFinder:
-    """The faces to swap in each photo or frame. In a video (extract.track) the chosen faces are
-    searched for only around where they were, with a whole-frame search where one is lost and
-    every extract.full_search_every frames (new faces join then)."""
-
-    def __init__(self, cfg: ExtractSettings, which, video: bool) -> None:
-        self.cfg, self.which, self.video = cfg, which, video
-        self.prev: list = []
-        self.since_full = 0
-
-    def __call__(self, rgb: np.ndarray) -> list:
-        from autoswap.extract import detect, detect_near
-
-        cfg = self.cfg
-        if self.video and cfg.track and self.prev and self.since_full < cfg.full_search_every:
-            found = []
-            for f in self.prev:
-                near = choose_faces(detect_near(rgb, f.box, cfg), cfg, "all")
-                if not near:
-                    found = []
-                    break
-                found.append(min(near, key=lambda g, f=f: float(np.linalg.norm(g.centre - f.centre))))
-            if found:
-                self.since_full += 1
-                self.prev = found
-                return found
-        chosen = choose_faces(detect(rgb, cfg), cfg, self.which)
-        self.since_full = 0
-        self.prev = chosen if self.video else []
-        return chosen
-
-
+# ----------------------------------------------------------------------------- landmarks over time
 class LandmarkSmoother:
     """Exponential smoothing of each face's landmarks across video frames; a face is matched to
     the nearest one of the previous frame, and fast moves are followed at once (less smoothing
@@ -247,8 +195,11 @@ class Swapper:
     def __init__(self, model: FaceSwapModel, swap: SwapSettings, extract: ExtractSettings) -> None:
         self.model, self.cfg, self.extract = model, swap, extract
 
-    def finder(self, video: bool) -> FaceFinder:
-        return FaceFinder(self.extract, self.cfg.faces, video)
+    def finder(self, video: bool):
+        """rgb -> the faces to swap in it (autoswap.faces.Face, swap.faces of them): one finder
+        per photo, or per video, called on its frames in order (it follows the faces)."""
+        tracker = FaceTracker(self.extract, self.cfg.faces, follow=video and self.extract.track)
+        return lambda rgb: tracker.find(rgb)[0]
 
     def swap(self, rgb: np.ndarray, landmarks: list[np.ndarray]) -> np.ndarray:
         """Replace the faces with these (5, 2) landmarks in an (H, W, 3) uint8 image."""
@@ -346,6 +297,7 @@ def _poisson(face: np.ndarray, roi: np.ndarray, weights: np.ndarray) -> np.ndarr
 # zones of 6 keep it in every frame (slot accuracy 0.73 -> 0.83) for about 20% more bytes.
 X264_PARAMS = "deadzone-inter=6:deadzone-intra=6"
 
+
 def _warn(msg: str) -> None:
     print(f"autoswap: warning: {msg}", file=sys.stderr)
 
@@ -354,14 +306,6 @@ def _same_file(a: Path, b: Path) -> bool:
     try:
         return a.resolve() == b.resolve() or (b.exists() and os.path.samefile(a, b))
     except OSError:
-        return False
-
-
-def _inside(child: Path, parent: Path) -> bool:
-    try:
-        child.resolve().relative_to(parent.resolve())
-        return True
-    except ValueError:
         return False
 
 
@@ -413,7 +357,7 @@ class SwapRun:
         self.settings, self.progress = settings, progress
         self.model = FaceSwapModel(s.model, s.to)
         self.swapper = Swapper(self.model, s, settings.extract)
-        self.marker = Marker(self.model.meta, s.model, key_dir(s.key_dir), s.signer_cert, s.signer_key,
+        self.marker = Marker(self.model.run, s.model, key_dir(s.key_dir), s.signer_cert, s.signer_key,
                              s.label_text if s.label else None)
 
     # -- photos
@@ -514,9 +458,9 @@ def _plan(src: Path, dst: Path, force: bool) -> tuple[list[tuple[Path, Path]], l
     # a folder: the same tree of names under OUTPUT
     if dst.exists() and not dst.is_dir():
         raise UserError(f"{dst}: INPUT is a folder, so OUTPUT must be a folder too")
-    if _inside(dst, src):
+    if is_inside(dst, src):
         raise UserError(f"{dst}: the output folder is inside the input folder {src}; choose one outside it")
-    if _inside(src, dst):
+    if is_inside(src, dst):
         raise UserError(f"{dst}: the input folder {src} is inside the output folder; choose another")
     media, other = list_media(src)
     skipped = [f"{p}: not a photo or video" for p in other]
@@ -536,29 +480,19 @@ def _plan(src: Path, dst: Path, force: bool) -> tuple[list[tuple[Path, Path]], l
     return pairs, skipped
 
 
-def tag_watermark_id(model_meta: dict, wm_id: int) -> bool:
-    """Set the tag `autoswap.watermark_id` on the MLflow run that made the model (model.json's
-    mlflow_run_id, in its mlflow_tracking_uri, else the project store), so the run says which ID
-    its outputs carry. Skipped quietly (False) when the model has no run or the store is not
-    there: the ID is in the local registry and in every output all the same."""
-    run_id = model_meta.get("mlflow_run_id")
-    if not run_id:
-        return False
-    from autoswap import tracking
-
-    uri = (model_meta.get("mlflow_tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
-           or f"sqlite:///{tracking.project_root() / 'mlruns' / 'mlflow.db'}")
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        return False  # opening it would create an empty store
-    import logging
-
+def tag_watermark_id(model_dir: Path, wm_id: int) -> bool:
+    """Set the tag `autoswap.watermark_id` on the MLflow run that made the model
+    (tracking.log_to_model_run), so the run says which ID its outputs carry. Skipped quietly
+    (False) when the model has no run or its store is not there: the ID is in the local registry
+    and in every output all the same."""
     import mlflow
 
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    try:
-        mlflow.MlflowClient(uri).set_tag(run_id, "autoswap.watermark_id", f"{wm_id:08x}")
-    except mlflow.exceptions.MlflowException:
-        return False  # no such run in that store
+    from autoswap import tracking
+
+    with tracking.log_to_model_run(model_dir) as run:
+        if run is None:
+            return False
+        mlflow.set_tag("autoswap.watermark_id", f"{wm_id:08x}")
     return True
 
 
@@ -580,91 +514,5 @@ def swap_files(settings: Settings, src: Path, dst: Path, force: bool = False, pr
             _warn(f"skipped {e}")
             results.append({"input": str(a), "output": None, "status": f"skipped: {e}"})
     if any(r["status"] == "swapped" for r in results):
-        tag_watermark_id(run.model.meta, run.marker.wm_id)
+        tag_watermark_id(run.model.dir, run.marker.wm_id)
     return results
-
-
-# ----------------------------------------------------------------------------- the DVC stage
-DEMO_PHOTO = "grace_hopper.jpg"
-DEMO_CLIP = "grace_hopper_clip.mp4"
-
-
-def make_demo_inputs(folder: Path, frames: int) -> tuple[Path, Path]:
-    """matplotlib's grace_hopper.jpg, and a short clip made from it: a slow zoom and pan over
-    her face at 12 fps with a 440 Hz tone, whose last two frames show no face (a crop of the
-    uniform)."""
-    import av
-    import cv2
-    from matplotlib import cbook
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    photo = folder / DEMO_PHOTO
-    with cbook.get_sample_data("grace_hopper.jpg") as f:
-        photo.write_bytes(f.read())
-    rgb = np.asarray(Image.open(photo).convert("RGB"))
-    clip = folder / DEMO_CLIP
-    w, h, fps, rate = 320, 240, 12, 44100
-    centre = np.array([265.0, 210.0])  # her face
-    with av.open(str(clip), "w") as c:
-        vs = c.add_stream("libx264", rate=fps)
-        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
-        vs.options = {"crf": "18", "preset": "veryfast"}
-        aus = c.add_stream("aac", rate=rate)
-        aus.layout = "mono"
-        for i in range(frames):
-            u = i / max(1, frames - 1)
-            if i >= frames - 2:  # no face: the uniform below her chin
-                m = cv2.getRotationMatrix2D((265.0, 520.0), 0, 1.0)
-                m[:, 2] += np.array([w / 2, h / 2]) - np.array([265.0, 520.0])
-            else:
-                m = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), -4 + 8 * u, 0.75 + 0.15 * u)
-                m[:, 2] += np.array([w * (0.45 + 0.1 * u), h * 0.5]) - centre
-            frame = cv2.warpAffine(rgb, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-            for p in vs.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                c.mux(p)
-        n = round(frames / fps * rate)
-        tone = (0.2 * np.sin(2 * np.pi * 440 * np.arange(n) / rate)).astype(np.float32)
-        for k in range(0, n, 1024):
-            af = av.AudioFrame.from_ndarray(tone[None, k:k + 1024], format="fltp", layout="mono")
-            af.sample_rate, af.pts = rate, k
-            for p in aus.encode(af):
-                c.mux(p)
-        for s in (aus, vs):
-            for p in s.encode(None):
-                c.mux(p)
-    return photo, clip
-
-
-def swap_demo(settings: Settings, progress: bool = True) -> dict:
-    """The `swap` DVC stage: swap the demo photo and clip with models/final, verify the marks,
-    write swap.demo.out_dir/{photo, clip, verify.json}, and log them to the model's MLflow run."""
-    from autoswap.mark import key_dir, verify
-
-    d = settings.swap.demo
-    run = SwapRun(settings, progress)  # the model (and signer) first: nothing is written without them
-    inputs = (settings.swap.model, settings.data.dir_a, settings.data.dir_b)
-    check_output_dir(d.input_dir, "params.yaml: key 'swap.demo.input_dir'", inputs, suggest="data/demo")
-    out = fresh_output_dir(d.out_dir, "swap", "params.yaml: key 'swap.demo.out_dir'", (d.input_dir, *inputs),
-                           suggest="swaps")
-    photo, clip = make_demo_inputs(d.input_dir, d.frames)
-    results = [run.file(photo, out / photo.name), run.file(clip, out / clip.name)]
-    registry = key_dir(settings.swap.key_dir)
-    checks = {Path(r["output"]).name: verify(Path(r["output"]), registry) for r in results}
-    report = {"model": str(settings.swap.model), "to": settings.swap.to, "watermark_id": f"{run.marker.wm_id:08x}",
-              "files": results, "verify": checks}
-    atomic_write_json(out / "verify.json", report)
-    run_id = run.model.meta.get("mlflow_run_id")
-    if run_id:
-        import mlflow
-
-        from autoswap import tracking
-
-        tracking.setup(settings.tracking.experiment)
-        try:
-            with mlflow.start_run(run_id=run_id):
-                mlflow.log_artifacts(str(out), artifact_path="swaps")
-                mlflow.set_tag("autoswap.watermark_id", f"{run.marker.wm_id:08x}")
-        except mlflow.exceptions.MlflowException as e:
-            _warn(f"MLflow run {run_id} not found in {tracking.tracking_uri()} ({type(e).__name__}); outputs not logged")
-    return report
