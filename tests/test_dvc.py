@@ -80,3 +80,9 @@ def test_no_stage_imports_another_stage():
     for m in stage_modules:
         others = closure(m) & stage_modules - {m}
         assert not others, f"{m}.py imports the stage module(s) {sorted(others)}"
+
+
+def test_no_module_imports_in_a_circle():
+    modules = [p.stem for p in SRC.glob("*.py")]
+    circles = {tuple(sorted((m, n))) for m in modules for n in imports_of(m) if n != m and m in closure(n)}
+    assert not circles, f"import circles: {sorted(circles)}"
