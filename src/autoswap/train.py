@@ -286,11 +286,18 @@ class Checkpoints:
         self._tf = tf
 
     def _managers(self):
-        tf = self._tf
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.manager = tf.train.CheckpointManager(self.ckpt, self.dir, max_to_keep=self.t.keep_last)
-        self.backups = tf.train.CheckpointManager(self.ckpt, self.dir / "backups", max_to_keep=None,
-                                                  checkpoint_name="backup")
+        self.manager = self._manager(self.dir, "ckpt", self.t.keep_last)
+        self.backups = self._manager(self.dir / "backups", "backup", None)
+
+    def _manager(self, folder: Path, name: str, keep: int | None):
+        tf = self._tf
+        try:
+            return tf.train.CheckpointManager(self.ckpt, folder, max_to_keep=keep, checkpoint_name=name)
+        except ValueError:  # TF's "Invalid checkpoint state": an index that parses but names nothing (cut to 0 bytes)
+            if not self._reindex(folder, name):
+                (folder / "checkpoint").replace(folder / "checkpoint.unreadable")
+            return tf.train.CheckpointManager(self.ckpt, folder, max_to_keep=keep, checkpoint_name=name)
 
     def set_aside(self, state: dict, why: str, since: bool = True) -> None:
         stale = base = self.models_dir / f"checkpoints.stale-{state.get('fingerprint', 'unknown')}"
@@ -320,24 +327,24 @@ class Checkpoints:
         self.set_aside({}, f"{self.state_file} is unreadable ({why}); starting afresh", since=False)
         return None
 
-    def _reindex(self) -> bool:
+    def _reindex(self, folder: Path, name: str = "ckpt") -> bool:
         """Rewrite a lost or unreadable `checkpoint` index (TF then lists no checkpoint at all)
-        from the ckpt-N.index files in the folder, oldest first; True when there were any."""
+        from the NAME-N.index files in `folder`, oldest first; True when there were any."""
         import re
 
         from autoswap.files import atomic_write_text
 
-        found = sorted((int(m.group(1)), f.stat().st_mtime) for f in self.dir.glob("ckpt-*.index")
-                       if (m := re.fullmatch(r"ckpt-(\d+)\.index", f.name)))
+        found = sorted((int(m.group(1)), f.stat().st_mtime) for f in folder.glob(f"{name}-*.index")
+                       if (m := re.fullmatch(rf"{name}-(\d+)\.index", f.name)))
         if not found:
             return False
-        paths = [f"ckpt-{n}" for n, _ in found]  # relative, as CheckpointManager writes them
+        paths = [f"{name}-{n}" for n, _ in found]  # relative, as CheckpointManager writes them
         # CheckpointManager lists only the checkpoints newer than last_preserved_timestamp
         times = [f"all_model_checkpoint_timestamps: {t!r}\n" for _, t in found]
-        atomic_write_text(self.dir / "checkpoint", f'model_checkpoint_path: "{paths[-1]}"\n'
+        atomic_write_text(folder / "checkpoint", f'model_checkpoint_path: "{paths[-1]}"\n'
                           + "".join(f'all_model_checkpoint_paths: "{p}"\n' for p in paths) + "".join(times)
                           + f"last_preserved_timestamp: {min(t for _, t in found) - 1.0!r}\n")
-        print(f"autoswap: warning: {self.dir / 'checkpoint'} is missing or unreadable; "
+        print(f"autoswap: warning: {folder / 'checkpoint'} is missing or unreadable; "
               f"rebuilt it from the {len(paths)} checkpoint file(s) there")
         return True
 
@@ -377,7 +384,7 @@ class Checkpoints:
             self.set_aside(state, "train.steps changed")
             state = None
         self._managers()
-        if state and not self.manager.checkpoints and self._reindex():
+        if state and not self.manager.checkpoints and self._reindex(self.dir):
             self._managers()
         history: list[dict] = []
         if state and self.manager.checkpoints:

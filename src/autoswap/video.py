@@ -1,7 +1,8 @@
 """Reading videos through PyAV (FFmpeg): upright RGB frames with their index and time.
 
 Frames come out as the viewer shows them: the container's rotation (display matrix, e.g. a phone
-held upright) is applied, and non-square pixels are resized to square ones. Frame times come from
+held upright) is applied, and non-square pixels are resized to square ones (a pixel aspect ratio
+outside 1:4..4:1 is refused: see MAX_SAR). Frame times come from
 each frame's own timestamp, so variable-frame-rate video samples correctly at a target fps.
 """
 
@@ -24,7 +25,8 @@ VIDEO_SUFFIXES = {
 class BadVideo(Exception):
     """A video that cannot be decoded (or stops decoding part-way); the message says why.
     `reason` is "no_frames" for a container without any video frame in it (a header only, an
-    audio-only file) and "unreadable" otherwise."""
+    audio-only file), "bad_aspect" for pixels too far from square to be made square (see
+    MAX_SAR), and "unreadable" otherwise."""
 
     def __init__(self, message: str, reason: str = "unreadable") -> None:
         super().__init__(message)
@@ -35,6 +37,28 @@ class VideoFrame(NamedTuple):
     index: int  # position of the frame in the stream, counting every decoded frame from 0
     time_s: float  # presentation time from the start of the stream
     rgb: np.ndarray  # (H, W, 3) uint8, upright
+
+
+# Pixel aspect ratios (SAR) outside 1:4..4:1 are refused: anamorphic video uses 2:1 at most (DV
+# 10:11, PAL wide 64:45, HDV 4:3, 2x anamorphic 2:1), while a container can claim anything (an MP4
+# `pasp` box of 65535:1 is read as it is) and stretching by it would make frames thousands of
+# times as wide: memory, and faces no detector finds.
+MAX_SAR = 4
+
+
+def _sar(stream) -> Fraction | None:
+    """The stream's pixel aspect ratio (the container's, else the codec's); None for square or
+    unknown. Raises BadVideo (reason "bad_aspect") outside 1/MAX_SAR..MAX_SAR."""
+    sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
+    if not sar or sar.numerator <= 0 or sar == 1:
+        return None
+    if not Fraction(1, MAX_SAR) <= sar <= MAX_SAR:
+        raise BadVideo(
+            f"pixel aspect ratio {sar.numerator}:{sar.denominator} is outside 1:{MAX_SAR}..{MAX_SAR}:1, so its "
+            f"frames cannot be made square; re-encode it with square pixels (e.g. ffmpeg -vf setsar=1)",
+            "bad_aspect",
+        )
+    return sar
 
 
 def _upright(frame, rgb: np.ndarray, sar: Fraction | None) -> np.ndarray:
@@ -93,7 +117,7 @@ def iter_video_frames(
             raise BadVideo("no video stream (no frames)", "no_frames")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
+        sar = _sar(stream)
         rate = stream.average_rate or stream.guessed_rate or Fraction(25)
         start = None
         last_bucket = -1
@@ -180,7 +204,7 @@ def transcode(
             raise BadVideo("no video stream (no frames)", "no_frames")
         vs = inp.streams.video[0]
         vs.thread_type = "AUTO"
-        sar = vs.sample_aspect_ratio or vs.codec_context.sample_aspect_ratio
+        sar = _sar(vs)
         rate = vs.average_rate or vs.guessed_rate or Fraction(25)
         stats["fps"] = float(rate)
         with av.open(str(dst), "w", format=H264_CONTAINERS[suffix],
