@@ -160,6 +160,48 @@ def _even(n: int) -> bool:
     return n % 2 == 0
 
 
+def _open_input(src: Path):
+    """The container of `src`, open; BadVideo (with its reason) when it cannot be read."""
+    import av
+
+    try:
+        if Path(src).stat().st_size == 0:
+            raise BadVideo("empty file (0 bytes)")
+        return av.open(str(src))
+    except av.error.EOFError:
+        raise BadVideo("the video has no frames", "no_frames") from None
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as e:
+        raise BadVideo(f"cannot open video ({_why(e)})") from None
+
+
+def _audio_streams(inp, out, stats: dict) -> dict:
+    """Output streams for the input's audio that MP4/MOV can carry as is (copied packet for
+    packet); the others are dropped and named in stats. -> {input stream index: output stream}."""
+    audio_map = {}
+    for a in inp.streams.audio:
+        name = a.codec_context.name
+        if name in COPYABLE_AUDIO:
+            audio_map[a.index] = out.add_stream_from_template(a)
+            stats["audio_copied"].append(name)
+        else:
+            stats["audio_dropped"].append(name)
+    return audio_map
+
+
+def _out_frame(decoded, rgb, pix_fmt: str, pts, tb):
+    """The frame to encode: the decoded one itself where it passes through untouched in the
+    encoder's pixel format (bit-exact planes), else `rgb` (H, W, 3) converted; with its time."""
+    import av
+
+    if decoded is not None and decoded.format.name == pix_fmt:
+        out_frame = decoded
+    else:
+        out_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(format=pix_fmt)
+    out_frame.pts, out_frame.time_base = pts, tb
+    out_frame.pict_type = 0  # let the encoder choose (decoded frames carry I/P/B)
+    return out_frame
+
+
 def transcode(
     src: Path,
     dst: Path,
@@ -190,14 +232,7 @@ def transcode(
     suffix = Path(dst).suffix.lower()
     if suffix not in H264_CONTAINERS:
         raise ValueError(f"cannot write H.264 into {suffix}")
-    try:
-        if Path(src).stat().st_size == 0:
-            raise BadVideo("empty file (0 bytes)")
-        inp = av.open(str(src))
-    except av.error.EOFError:
-        raise BadVideo("the video has no frames", "no_frames") from None
-    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as e:
-        raise BadVideo(f"cannot open video ({_why(e)})") from None
+    inp = _open_input(src)
     stats = {"frames": 0, "processed": 0, "audio_copied": [], "audio_dropped": []}
     with inp:
         if not inp.streams.video:
@@ -210,14 +245,7 @@ def transcode(
         with av.open(str(dst), "w", format=H264_CONTAINERS[suffix],
                      container_options={"movflags": "use_metadata_tags"}) as out:
             out.metadata.update(metadata or {})
-            audio_map = {}
-            for a in inp.streams.audio:
-                name = a.codec_context.name
-                if name in COPYABLE_AUDIO:
-                    audio_map[a.index] = out.add_stream_from_template(a)
-                    stats["audio_copied"].append(name)
-                else:
-                    stats["audio_dropped"].append(name)
+            audio_map = _audio_streams(inp, out, stats)
             ovs = None
             pending: list = []  # audio packets that arrive before the video stream is set up
             pix_fmt = "yuv420p"
@@ -268,14 +296,7 @@ def transcode(
                             new = upright
                         else:
                             stats["processed"] += 1
-                        if as_decoded and frame.format.name == pix_fmt:
-                            out_frame = frame
-                        else:
-                            out_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(new), format="rgb24")
-                            out_frame = out_frame.reformat(format=pix_fmt)
-                        out_frame.pts, out_frame.time_base = pts, tb
-                        out_frame.pict_type = 0  # let the encoder choose (decoded frames carry I/P/B)
-                        write(out_frame)
+                        write(_out_frame(frame if as_decoded else None, new, pix_fmt, pts, tb))
                         stats["frames"] += 1
                         bar.update(1)
             except av.error.FFmpegError as e:
