@@ -61,14 +61,7 @@ TARGETS = {"train": 2.0, "data": 5.0}
 
 
 # ----------------------------------------------------------------------------- machine
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from autoswap.tracking import cpu_model  # noqa: E402 - the same name the runs' provenance records
 
 
 def cpu_flags() -> list[str]:

@@ -127,7 +127,7 @@ _HAIRLINE = ((0, -0.93), (30, -0.9), (55, -0.74), (70, -0.6), (78, 0.02), (95, 0
 IDENTITIES: dict[str, Identity] = {
     # A: a man with brown skin, black short hair, thick dark brows, small brown eyes, a long wide
     # nose and a wide mouth with dark lips
-    "a": Identity(
+    "a": (_A := Identity(
         skin=(172, 120, 86),
         hair=(38, 30, 26),
         lips=(140, 84, 72),
@@ -162,29 +162,19 @@ IDENTITIES: dict[str, Identity] = {
         lip_lower=0.06,
         beard=None,
         blush=0.0,
-    ),
+    )),
     # B: a woman with fair skin and pink cheeks, short red hair, thin arched light brows, large
     # blue eyes, a short narrow nose and a smaller red mouth; a slightly rounder jaw than A's
-    "b": Identity(
+    "b": dataclasses.replace(
+        _A,
         skin=(246, 210, 186),
         hair=(168, 72, 34),
         lips=(196, 58, 78),
         iris=(58, 120, 196),
         brow=(150, 108, 66),
         shirt=(132, 36, 64),
-        cheek_w=1.02,
         chin_w=0.304,
         jaw_power=2.72,
-        chin_y=1.26,
-        crown_y=-1.58,
-        depth=0.92,
-        front_power=2.5,
-        hairline=_HAIRLINE,
-        hair_thickness=0.06,
-        hair_volume=0.10,
-        long_hair=False,
-        ears=True,
-        neck_w=0.52,
         eye_w=0.19,
         eye_h=0.1,
         iris_r=0.088,
@@ -198,7 +188,6 @@ IDENTITIES: dict[str, Identity] = {
         mouth_w=0.24,
         lip_upper=0.05,
         lip_lower=0.07,
-        beard=None,
         blush=1.0,
     ),
 }

@@ -203,7 +203,8 @@ def _git(*args: str) -> str | None:
         return None
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux)."""
     import platform
 
     try:
@@ -234,7 +235,7 @@ def provenance(data_fingerprint: str, counts: dict[str, int], seed: int) -> dict
     tags["autoswap.tensorflow"] = tf.__version__
     tags["autoswap.cuda"] = str(build.get("cuda_version") or "none")
     tags["autoswap.cudnn"] = str(build.get("cudnn_version") or "none")
-    tags["autoswap.cpu"] = f"{_cpu_model()} ({_os.cpu_count()} logical cores)"
+    tags["autoswap.cpu"] = f"{cpu_model()} ({_os.cpu_count()} logical cores)"
     gpus = []
     for gpu in tf.config.list_physical_devices("GPU"):
         name = tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
