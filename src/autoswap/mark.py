@@ -79,24 +79,15 @@ def _temp_beside(path: Path, mode: int = 0o666) -> tuple[int, Path]:
             continue
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:  # makes the rename itself durable; not every system can open a folder
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
 def _publish(tmp: Path, dst: Path) -> None:
     """Put the finished file `tmp` (in `dst`'s file system) in place as `dst`: fsync, then one
     rename, so `dst` is either what it was or the complete new file."""
+    from autoswap.files import fsync_dir
+
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, dst)
-    _fsync_dir(Path(dst).parent)
+    fsync_dir(Path(dst).parent)
 
 
 def _atomic_write_bytes(path: Path, data: bytes, mode: int = 0o666) -> None:
