@@ -4,8 +4,8 @@
 open the checkpoints (resume, set aside, or lengthen), open the MLflow run, make the step, run
 the loop (logging, saving, previews, the divergence guard), write the final model.
 
-Resumable: checkpoints (weights, optimizer, step) go to models/checkpoints (declared
-`persist: true` in dvc.yaml so `dvc repro` keeps it). Re-running after an interruption continues
+Resumable: checkpoints (weights, optimizer, step) go to models/checkpoints (no DVC output, so
+`dvc repro` keeps it). Re-running after an interruption continues
 from the latest checkpoint into the same MLflow run; batches are a pure function of
 (seed, step), so the resumed run sees exactly the data an uninterrupted one would have.
 A checkpoint folder written under other settings or other data is set aside and training starts
