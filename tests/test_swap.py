@@ -415,7 +415,7 @@ def test_demo_stage_swaps_verifies_and_logs(settings, model_dir, env, tmp_path):
         update={"input_dir": tmp_path / "demo", "out_dir": tmp_path / "swaps", "frames": 8})})})
     r = demo_stage(s, progress=False)
     files = sorted(p.name for p in (tmp_path / "swaps").iterdir())
-    assert files == [".autoswap-output", "grace_hopper.jpg", "grace_hopper_clip.mp4", "verify.json"]
+    assert files == [".autoswap-output", "demo.json", "grace_hopper.jpg", "grace_hopper_clip.mp4", "verify.json"]
     for name, check in r["verify"].items():
         assert check["watermark"]["found"] and check["c2pa"]["found"] and check["metadata"]["found"], name
     # the default crf 18: the video's ID read from its frames together

@@ -90,6 +90,10 @@ def demo(settings: Settings, progress: bool = True) -> dict:
     report = {"model": str(settings.swap.model), "to": settings.swap.to, "watermark_id": f"{run.marker.wm_id:08x}",
               "files": results, "verify": checks}
     atomic_write_json(out / "verify.json", report)
+    # the stage's DVC output: the same bytes on every run (verify.json holds the run's watermark ID
+    # and the outputs carry a timestamped signature, so they are no DVC outputs); not in git, so a
+    # fresh clone's `dvc repro` runs the demo
+    atomic_write_json(out / "demo.json", {"outputs": sorted(Path(r["output"]).name for r in results)})
     with tracking.log_to_model_run(run.model.dir) as active:
         if active is not None:
             mlflow.log_artifacts(str(out), artifact_path="swaps")

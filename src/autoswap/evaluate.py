@@ -154,6 +154,10 @@ def evaluate(settings: Settings, model_dir: Path = Path("models/final"), metrics
                             settings.evaluate.identity_faces)
     metrics_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(metrics_dir / "eval.json", result)
+    # the same numbers beside the model they score: not in git (metrics/eval.json is), so a fresh
+    # clone, whose trained models/final is byte-identical to the committed one, still evaluates it
+    # and its MLflow run gets the metrics
+    atomic_write_json(model_dir.parent / "eval.json", result)
 
     with tracking.log_to_model_run(model_dir) as run:
         if run is not None:  # None: a model without its run (copied elsewhere), not logged
