@@ -46,6 +46,16 @@ def test_experiment_is_made_once_with_artifacts_beside_the_store(mlflow_store):
     assert (mlflow_store / "mlruns" / "mlflow.db").is_file()
 
 
+def test_a_sqlite_uri_in_a_folder_not_made_yet_gets_its_folder(tmp_path, monkeypatch):
+    # MLFLOW_TRACKING_URI=sqlite:///<new folder>/mlflow.db failed on the store's lock file
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'new' / 'store' / 'mlflow.db'}")
+    exp = tracking.setup("elsewhere")
+    assert mlflow.MlflowClient().get_experiment(exp).name == "elsewhere"
+    assert (tmp_path / "new" / "store" / "mlflow.db").is_file()
+
+
 def test_run_tags_carry_the_dvc_experiment_name(monkeypatch):
     monkeypatch.setattr(tracking, "git_commit", lambda: "abc123")
     monkeypatch.setenv("DVC_EXP_NAME", "seed-full")

@@ -76,7 +76,9 @@ def store_lock():
         return
     import fcntl
 
-    with open(Path(uri[len("sqlite:///") :]).with_suffix(".db.lock"), "a") as f:
+    db = Path(uri[len("sqlite:///") :])
+    db.parent.mkdir(parents=True, exist_ok=True)  # MLFLOW_TRACKING_URI may name a folder not made yet
+    with open(db.with_suffix(".db.lock"), "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, or the process dies
         yield
 
