@@ -757,6 +757,45 @@ def test_init_from_loads_the_encoder_and_the_chosen_decoders(tmp_path, faces, ml
     assert fp != fp2
 
 
+def test_freeze_encoder_steps_holds_the_loaded_encoder_then_lets_it_train(tmp_path, faces, mlflow_store):
+    src = tmp_path / "src"
+    run(src, data={"faces_dir": str(faces)})
+    (src_w, _) = weights(src)
+    init = {"init_from": str(src / "models" / "final"), "init_decoder_a": "a", "init_decoder_b": "b"}
+    n_enc = None
+    for steps, frozen in ((4, True), (5, False)):
+        root = tmp_path / f"new{steps}"
+        run(root, data={"faces_dir": str(faces)}, train={**init, "steps": steps, "freeze_encoder_steps": 4})
+        new_w, _ = weights(root)
+        if n_enc is None:
+            from autoswap.model import load_final
+
+            n_enc = len(load_final(root / "models" / "final")[0].weights)
+        same = [np.array_equal(x, y) for x, y in zip(new_w, src_w, strict=True)]
+        assert all(same[:n_enc]) == frozen  # the encoder: as loaded for 4 steps, then trained
+        assert not any(same[n_enc:])  # the decoders train from the first step
+
+
+def test_held_variables_keep_their_values_but_gather_adams_moments():
+    import tensorflow as tf
+
+    held, free = tf.Variable(np.ones(3, np.float32)), tf.Variable(np.ones(3, np.float32))
+    opt = O.FusedAdam(learning_rate=0.1, beta_1=0.5)
+    opt.build([held, free])
+    opt.hold([held], 2)
+    step = tf.function(lambda: opt.apply_gradients([(tf.ones(3), held), (tf.ones(3), free)]))
+    h, f = [1.0], [1.0]
+    for _ in range(6):
+        step()
+        h.append(float(held.numpy()[0]))
+        f.append(float(free.numpy()[0]))
+    dh, df = -np.diff(h), -np.diff(f)  # each step's move
+    np.testing.assert_allclose(df, 0.1, rtol=1e-4)  # a constant gradient: Adam steps the rate
+    # held for 2 steps, then the free one's step: the moments were gathered all along (moments
+    # started from zero at step 3 would step 0.5 / sqrt(0.001) = 16x the rate)
+    np.testing.assert_allclose(dh, [0, 0, 0.1, 0.1, 0.1, 0.1], rtol=1e-4, atol=1e-7)
+
+
 def test_init_from_a_mismatched_model_is_refused_in_one_line(tmp_path, faces, mlflow_store):
     src = tmp_path / "src"
     run(src, data={"faces_dir": str(faces)}, model={"width": 0.125})

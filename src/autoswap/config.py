@@ -264,6 +264,9 @@ class TrainSettings(_Section):
     init_from: str | None = None
     init_decoder_a: Literal["a", "b"] | None = None
     init_decoder_b: Literal["a", "b"] | None = None
+    # with init_from: the encoder is held as loaded for this many steps while the decoders learn to
+    # read its code (faceswap's "freeze weights"), then all train
+    freeze_encoder_steps: int = Field(0, ge=0)
     divergence_factor: float = Field(2.5, gt=1, le=100)
     rollback_lr_factor: float = Field(0.5, gt=0, lt=1)
     max_rollbacks: int = Field(3, ge=0, le=100)

@@ -254,6 +254,8 @@ def build_trainer(settings: Settings, strategy=None) -> Trainer:
         schedule = LRSchedule(t.lr_schedule, t.learning_rate, t.steps, scale=lr_scale)
         optimizer = make_optimizer(t, schedule)
         optimizer.build([v for net in nets for v in net.trainable_variables])
+        if t.init_from and t.freeze_encoder_steps:
+            optimizer.hold(nets[0].trainable_variables, t.freeze_encoder_steps)
         step = tf.Variable(0, dtype=tf.int64, name="step")
     return Trainer(nets, optimizer, schedule, lr_scale, rollbacks, step)
 
