@@ -98,6 +98,14 @@ def test_off_after_needs_a_step(tmp_path):
         config.load(write(tmp_path, "train:\n  warp:\n    schedule: off_after\n"))
 
 
+@pytest.mark.parametrize("key, value", [("freeze_encoder_steps", 500), ("init_decoder_a", "a")])
+def test_init_parts_need_init_from(tmp_path, key, value):
+    with pytest.raises(ConfigError, match=f"train.{key} needs train.init_from") as e:
+        config.load(write(tmp_path, f"train:\n  {key}: {value}\n"))
+    assert "\n" not in str(e.value)
+    config.load(write(tmp_path, f"train:\n  init_from: models/final\n  {key}: {value}\n"))
+
+
 def test_flatten_gives_dotted_keys():
     flat = config.flatten(config.Settings())
     assert flat["train.warp.stddev"] == pytest.approx(2.5 / 128)

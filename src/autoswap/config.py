@@ -271,6 +271,15 @@ class TrainSettings(_Section):
     rollback_lr_factor: float = Field(0.5, gt=0, lt=1)
     max_rollbacks: int = Field(3, ge=0, le=100)
 
+    @model_validator(mode="after")
+    def _init_parts(self) -> TrainSettings:
+        # without a model to start from there is nothing to hold or copy: said, not ignored
+        if not self.init_from:
+            for key in ("init_decoder_a", "init_decoder_b", "freeze_encoder_steps"):
+                if getattr(self, key):
+                    raise ValueError(f"train.{key} needs train.init_from (a model folder or an MLflow run id)")
+        return self
+
     @field_validator("learning_rate", "beta_1", "beta_2", mode="before")
     @classmethod
     def _yaml11_float(cls, v: Any) -> Any:

@@ -493,6 +493,7 @@ def apply_init(settings: Settings, trainer: Trainer, folder: Path) -> None:
         if choice:
             trainer.nets[i].set_weights(dec[choice].get_weights())
     print(f"autoswap: starting from {t.init_from}: the encoder"
+          + (f" (held for {t.freeze_encoder_steps} steps)" if t.freeze_encoder_steps else "")
           + "".join(f", decoder_{n} from its decoder_{c}" for n, c in (("a", t.init_decoder_a),
                                                                       ("b", t.init_decoder_b)) if c))
 
