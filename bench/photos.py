@@ -2,8 +2,8 @@
 variants its false-positive count uses. Nothing is downloaded: the photos ship with
 scikit-image and matplotlib.
 
-A copy of the helpers in tests/test_mark.py (the same photos, the same seeded variants), kept
-here so that the bench does not import the tests; change both together.
+tests/test_mark.py loads this file too: the bench and the tests measure on the same photos and
+the same seeded variants.
 """
 
 from __future__ import annotations

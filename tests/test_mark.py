@@ -5,7 +5,6 @@ Swapped outputs end to end are in test_swap.py."""
 
 from __future__ import annotations
 
-import io
 import multiprocessing
 import os
 import stat
@@ -13,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import skimage
 from matplotlib import cbook
 from PIL import Image
 
@@ -22,21 +20,22 @@ from autoswap import mark as M
 from autoswap import watermark as W
 from autoswap.cli import main
 
-SKIMAGE_DATA = Path(skimage.__file__).parent / "data"
-# photos bundled with scikit-image (no download): colour and grey, faces, texture, text, space
-PHOTOS = ["astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "camera.png", "motorcycle_left.png",
-          "hubble_deep_field.jpg", "retina.jpg", "coins.png", "page.png", "moon.png", "text.png", "brick.png",
-          "grass.png", "gravel.png", "horse.png", "ihc.png", "cell.png", "microaneurysms.png"]
 ID = 0x5A17C0DE
 
 
-def _rgb(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a)
-    if a.dtype == bool:
-        a = a.astype(np.uint8) * 255
-    if a.ndim == 2:
-        a = np.repeat(a[..., None], 3, axis=2)
-    return np.ascontiguousarray(a[..., :3])
+def _bench_photos():
+    """bench/photos.py: the real photos and unmarked variants the watermark bench measures on,
+    loaded by path (bench/ is no package), so the bench and these tests use one copy."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_photos", Path(__file__).parents[1] / "bench" / "photos.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_P = _bench_photos()
+jpeg, half, _unmarked_variants = _P.jpeg, _P.half, _P.unmarked_variants
 
 
 @pytest.fixture(scope="module")
@@ -46,24 +45,8 @@ def hopper() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def photos(hopper) -> dict[str, np.ndarray]:
-    out = {"grace_hopper": hopper}
-    for name in PHOTOS:
-        with Image.open(SKIMAGE_DATA / name) as im:
-            out[name.split(".")[0]] = _rgb(im.convert("RGB"))
-    return out
-
-
-def jpeg(a: np.ndarray, quality: int = 75) -> np.ndarray:
-    """PIL's JPEG at `quality` with its default chroma subsampling (4:2:0)."""
-    buf = io.BytesIO()
-    Image.fromarray(a).save(buf, "JPEG", quality=quality)
-    return np.asarray(Image.open(buf).convert("RGB"))
-
-
-def half(a: np.ndarray) -> np.ndarray:
-    im = Image.fromarray(a)
-    return np.asarray(im.resize((im.width // 2, im.height // 2), Image.Resampling.BICUBIC))
+def photos() -> dict[str, np.ndarray]:
+    return _P.photos()
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -88,33 +71,6 @@ def test_watermark_survives_jpeg75_and_half_size(name, photos):
         assert bits == 1.0  # measured: all 48 bits (ID + CRC) on every photo and attack
         floor = {"fresh": 0.97, "jpeg75": 0.85, "half": 0.8, "half+jpeg75": 0.7}[attack]
         assert slots > floor, f"{name} {attack}: {slots:.3f} of the single slots right"
-
-
-def _unmarked_variants(photos: dict[str, np.ndarray], n: int = 100) -> list[np.ndarray]:
-    """n images: crops (10-100% of a side), flips, rotations, resizes, JPEG, grey and brightness
-    variants of the real photos, none of them marked."""
-    rng = np.random.default_rng(7)
-    names = sorted(photos)
-    out = []
-    while len(out) < n:
-        img = photos[names[len(out) % len(names)]]
-        h, w = img.shape[:2]
-        ch, cw = (max(48, int(s * rng.uniform(0.1, 1.0))) for s in (h, w))
-        y, x = rng.integers(0, h - min(ch, h) + 1), rng.integers(0, w - min(cw, w) + 1)
-        v = img[y:y + ch, x:x + cw]
-        kind = len(out) // len(names) % 5
-        if kind == 1:
-            v = v[:, ::-1]
-        elif kind == 2:
-            v = np.rot90(v)
-        elif kind == 3:
-            v = jpeg(np.ascontiguousarray(v), int(rng.integers(50, 95)))
-        elif kind == 4:
-            v = np.clip(v.astype(np.float64) * rng.uniform(0.6, 1.3), 0, 255).astype(np.uint8)
-        if rng.random() < 0.3:
-            v = half(np.ascontiguousarray(v)) if min(v.shape[:2]) >= 96 else v
-        out.append(np.ascontiguousarray(v))
-    return out
 
 
 def test_no_watermark_found_in_100_unmarked_images(photos):

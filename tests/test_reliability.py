@@ -218,15 +218,7 @@ def test_huge_jpeg_is_downscaled_in_bounded_memory(tmp_path):
 
     # prepare in a child that reports its own peak resident memory: VmHWM on Linux (ru_maxrss there
     # also counts the memory of this process, which the child was forked from), ru_maxrss elsewhere
-    code = ("import resource, re, sys; from pathlib import Path; from autoswap.cli import main; "
-            "rc = main(['--params', sys.argv[1], 'prepare']); st = Path('/proc/self/status'); "
-            "kb = int(re.search(r'VmHWM:\\s+(\\d+)', st.read_text()).group(1)) if st.exists() "
-            "else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // (1024 if sys.platform == 'darwin' else 1); "
-            "print('PEAK_KB', kb); sys.exit(rc)")
-    r = subprocess.run([sys.executable, "-c", code, str(params)], cwd=tmp_path, capture_output=True, text=True,
-                       timeout=300, env=subprocess_env(tmp_path))
-    assert r.returncode == 0, r.stdout + r.stderr
-    peak_mb = int(re.search(r"PEAK_KB (\d+)", r.stdout).group(1)) / 1024
+    _, peak_mb = prepare_peak_mb(tmp_path, params)
     print(f"prepare with a 12000x12000 JPEG: peak RSS {peak_mb:.0f} MB")
     # decoded at 1/2 scale (6000 px, 108 MB) and never whole; before, one such photo took 1.6 GB
     assert peak_mb < 600
