@@ -14,7 +14,9 @@ Writes bench/results/init_from.json (merged into the file when it exists, one va
 per variant, per checkpoint, swap_mae and recon_mae both ways; the first step at which both swap
 scores reach the from-scratch run's final ones; the mean of its last 3 checkpoints and the step at
 which the scratch run, averaged the same way, is as good. A finished run in --work is scored again,
-not retrained. About 45 minutes on 2 CPU cores for all variants.
+not retrained. Also scores each pretrained model on its own pair (c/d). The first 10 variants take
+about 45 minutes on 2 CPU cores, the trials after them (DERIVED starts, a 20,000-step pretrain)
+about 50 more.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# name -> dotted overrides of params.yaml for the pair's run (pre/final: the c/d model)
+# name -> dotted overrides of params.yaml for the pair's run (pre/final: the c/d model; pre20k/final:
+# the same, 20,000 steps; the others: DERIVED from pre/final)
 VARIANTS: dict[str, dict] = {
     "scratch": {},
     "encoder": {"train.init_from": "pre/final"},
@@ -48,6 +51,26 @@ VARIANTS: dict[str, dict] = {
                                     "train.init_decoder_b": "b", "train.freeze_encoder_steps": 500},
     "encoder+decoders-frozen-1000": {"train.init_from": "pre/final", "train.init_decoder_a": "a",
                                      "train.init_decoder_b": "b", "train.freeze_encoder_steps": 1000},
+    # trials against the "warm start" gap (DERIVED), and from a model pretrained 4x longer
+    "sp0.8-c-both": {"train.init_from": "sp0.8/final", "train.init_decoder_a": "a", "train.init_decoder_b": "a"},
+    "sp0.5-c-both": {"train.init_from": "sp0.5/final", "train.init_decoder_a": "a", "train.init_decoder_b": "a"},
+    "head-c-both": {"train.init_from": "head/final", "train.init_decoder_a": "a", "train.init_decoder_b": "a"},
+    "head2-c-both": {"train.init_from": "head2/final", "train.init_decoder_a": "a", "train.init_decoder_b": "a"},
+    "pre20k-c-both": {"train.init_from": "pre20k/final", "train.init_decoder_a": "a", "train.init_decoder_b": "a"},
+    "pre20k-crossed": {"train.init_from": "pre20k/final", "train.init_decoder_a": "b", "train.init_decoder_b": "a"},
+    "pre20k-encoder": {"train.init_from": "pre20k/final"},
+    "c-both-lr1.5e-3-warmup": {
+        "train.init_from": "pre/final",
+        "train.init_decoder_a": "a",
+        "train.init_decoder_b": "a",
+        "train.learning_rate": 1.5e-3,
+        "train.lr_schedule.warmup_steps": 200,
+    },
+}
+
+# trial starts derived from pre/final (see derive)
+DERIVED: dict[str, tuple[str, object]] = {
+    "sp0.8": ("shrink", 0.8), "sp0.5": ("shrink", 0.5), "head": ("fresh", ["rgb"]), "head2": ("fresh", ["rgb", "up2_conv"]),
 }
 
 
@@ -73,8 +96,9 @@ def autoswap(work: Path, params: Path, *args: str) -> None:
                    check=True)
 
 
-def score(params: Path, models_dir: Path) -> list[dict]:
-    """Every checkpoint of `models_dir` scored on the validation faces: [{step, a: {...}, b: {...}}]."""
+def score(params: Path, models_dir: Path, final: bool = False) -> list[dict]:
+    """Every checkpoint of `models_dir` scored on the validation faces: [{step, a: {...}, b: {...}}]
+    (final: its final model alone)."""
     import tensorflow as tf
 
     from autoswap import config
@@ -89,12 +113,62 @@ def score(params: Path, models_dir: Path) -> list[dict]:
     faces = {x: load_faces(root / x / "val", size)[0] for x in "ab"}
     gts = {x: load_faces(root / x / "val_gt", size)[0] for x in "ab"}
     rows = []
+    if final:
+        from autoswap.model import load_final
+
+        *nets, card = load_final(models_dir / "final")
+        m = evaluate_faces(nets, spec, faces, gts, s.evaluate.batch_size)
+        return [{"step": card.steps, **{x: {k: m[x][k] for k in ("swap_mae", "recon_mae")} for x in "ab"}}]
     for path in tf.train.get_checkpoint_state(str(models_dir / "checkpoints")).all_model_checkpoint_paths:
         trainer.checkpoint().restore(path).expect_partial()
         m = evaluate_faces(trainer.nets, spec, faces, gts, s.evaluate.batch_size)
         rows.append({"step": int(trainer.step.numpy()),
                      **{x: {k: m[x][k] for k in ("swap_mae", "recon_mae")} for x in "ab"}})
     return rows
+
+
+def pretrain(work: Path, folder: str, steps: int) -> None:
+    """The pretrained model `folder`/final: the demo network and recipe on the other pair, c/d."""
+    params = write_params(work, f"pretrain-{folder}", {
+        "data.faces_dir": "faces_cd", "data.synthetic.identities": ["c", "d"], "train.models_dir": folder,
+        "train.steps": steps})
+    if (work / folder / "final" / "model.json").is_file():
+        return
+    if not (work / "faces_cd" / "a" / "manifest.jsonl").is_file():
+        autoswap(work, params, "prepare")
+    autoswap(work, params, "train")
+
+
+def source(work: Path, folder: str, pretrain_steps: int) -> None:
+    """Make the model folder a variant starts from: "pre" (--pretrain-steps), "pre20k" (20,000
+    steps), or one derived from "pre" by DERIVED."""
+    if folder in DERIVED:
+        pretrain(work, "pre", pretrain_steps)
+        if not (work / folder / "final" / "model.json").is_file():
+            derive(work / "pre" / "final", work / folder / "final", *DERIVED[folder])
+    else:
+        pretrain(work, folder, 20000 if folder == "pre20k" else pretrain_steps)
+
+
+def derive(src: Path, out: Path, how: str, arg) -> None:
+    """A trial start made from the pretrained model, against the new networks' fresh weights
+    (seeded): "shrink" = arg x the trained weights + (1 - arg) x fresh ones (Ash & Adams 2020,
+    "shrink and perturb": warm-started networks generalise worse, and this is their fix); "fresh"
+    = the decoders' layers named in arg fresh (transfer learning's new head)."""
+    import keras
+
+    from autoswap.model import build, load_final, save_final
+
+    *nets, card = load_final(src)
+    keras.utils.set_random_seed(12345)
+    fresh = build(card.model)
+    for net, new in zip(nets, fresh, strict=True):
+        if how == "shrink":
+            net.set_weights([arg * w + (1 - arg) * v for w, v in zip(net.get_weights(), new.get_weights(), strict=True)])
+        elif net.name != "encoder":
+            for layer in arg:
+                net.get_layer(layer).set_weights(new.get_layer(layer).get_weights())
+    save_final(out, nets, card)
 
 
 def reached(rows: list[dict], target: dict) -> int | None:
@@ -114,23 +188,25 @@ def main() -> int:
     ap.add_argument("--every", type=int, default=250, help="a scored checkpoint every this many steps")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "init_from.json")
     ap.add_argument("--score", nargs=2, metavar=("PARAMS", "MODELS"), help=argparse.SUPPRESS)
+    ap.add_argument("--final", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    if a.score:  # the child that scores one run's checkpoints
-        print(json.dumps(score(Path(a.score[0]), Path(a.score[1]))))
+    if a.score:  # the child that scores one run's checkpoints (--final: its final model)
+        print(json.dumps(score(Path(a.score[0]), Path(a.score[1]), a.final)))
         return 0
 
     work = a.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     scratch_steps = base["train"]["steps"]
-    # the pretrained model: the same network and recipe on the other pair, in its own folders
-    pre = write_params(work, "pretrain", {"data.faces_dir": "faces_cd", "data.synthetic.identities": ["c", "d"],
-                                          "train.models_dir": "pre", "train.steps": a.pretrain_steps})
-    if not (work / "pre" / "final" / "model.json").is_file():
-        autoswap(work, pre, "prepare")
-        autoswap(work, pre, "train")
     results = json.loads(a.out.read_text()) if a.out.is_file() else {}
     results.setdefault("variants", {})
+    for folder in sorted({VARIANTS[n].get("train.init_from", "").split("/")[0] for n in a.variants} - {""}):
+        source(work, folder, a.pretrain_steps)
+        if folder not in DERIVED:  # the pretrained model on its own pair: its swap, and its faces rebuilt
+            out = subprocess.run([sys.executable, __file__, "--work", str(work), "--score",
+                                  str(work / f"pretrain-{folder}.yaml"), str(work / folder), "--final"],
+                                 cwd=work, check=True, capture_output=True, text=True).stdout
+            results.setdefault("pretrained_on_cd", {})[folder] = json.loads(out.strip().splitlines()[-1])[0]
     for name in a.variants:
         steps = VARIANTS[name].get("train.steps", scratch_steps if name.startswith("scratch") else a.steps)
         keep = steps // a.every + 1
