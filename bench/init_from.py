@@ -81,9 +81,12 @@ def _set(d: dict, dotted: str, value) -> None:
     d[last] = value
 
 
+BASE: dict = {}  # --set: dotted overrides of params.yaml for every run, the pretrain too
+
+
 def write_params(work: Path, name: str, overrides: dict) -> Path:
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for k, v in overrides.items():
+    for k, v in {**BASE, **overrides}.items():
         _set(p, k, v)
     out = work / f"{name}.yaml"
     out.write_text(yaml.safe_dump(p, sort_keys=False))
@@ -187,6 +190,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=2000, help="steps of each run from the pretrained model")
     ap.add_argument("--every", type=int, default=250, help="a scored checkpoint every this many steps")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "init_from.json")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="params.yaml overrides for every run (YAML values), e.g. train.augment.color.input_only=false")
     ap.add_argument("--score", nargs=2, metavar=("PARAMS", "MODELS"), help=argparse.SUPPRESS)
     ap.add_argument("--final", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -194,12 +199,14 @@ def main() -> int:
         print(json.dumps(score(Path(a.score[0]), Path(a.score[1]), a.final)))
         return 0
 
+    BASE.update({k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in a.set)})
     work = a.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     scratch_steps = base["train"]["steps"]
     results = json.loads(a.out.read_text()) if a.out.is_file() else {}
     results.setdefault("variants", {})
+    results["set"] = BASE
     for folder in sorted({VARIANTS[n].get("train.init_from", "").split("/")[0] for n in a.variants} - {""}):
         source(work, folder, a.pretrain_steps)
         if folder not in DERIVED:  # the pretrained model on its own pair: its swap, and its faces rebuilt

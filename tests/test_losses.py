@@ -267,6 +267,27 @@ def test_colour_augmentation_same_change_on_input_and_target():
     np.testing.assert_allclose(t_part.numpy(), t1.numpy()[2:], atol=1e-6)
 
 
+def test_colour_augmentation_input_only_leaves_the_target_alone():
+    from autoswap.pipeline import _COLOR, color_jitter, make_batch, random_uniform
+
+    faces = _faces()
+    w0, t0 = make_batch(_spec(), faces, 7, 1)
+    spec = _spec(color_lightness=0.3, color_ab=0.08, color_contrast=0.2, color_input_only=True)
+    w1, t1 = make_batch(spec, faces, 7, 1)
+    np.testing.assert_array_equal(t1.numpy(), t0.numpy())  # the target: as with no colour change
+    # the input: the same draws as the shared change, about its own mean
+    b, o = spec.batch, spec.out_size
+    u = random_uniform(spec.seed, 7, _COLOR + 4, [b, 4])
+    expect = tf.reshape(color_jitter(spec, tf.reshape(w0, [b, o * o, 3]), u, o * o), [b, o, o, 3])
+    np.testing.assert_allclose(w1.numpy(), expect.numpy(), atol=1e-6)
+    assert np.abs(w1.numpy() - w0.numpy()).mean(axis=(1, 2, 3)).min() > 1e-3  # every image changed
+    # params.yaml's switch reaches the batch spec
+    raw = {"train": {"augment": {"color": {"lightness": 0.3, "input_only": True}}}}
+    from autoswap.pipeline import BatchSpec
+
+    assert BatchSpec.from_settings(parse(raw)).color_input_only
+
+
 # ----------------------------------------------------------------------------- in training
 def test_training_logs_each_term_to_mlflow(tmp_path, mlflow_store):
     import mlflow

@@ -140,6 +140,8 @@ class ColorAugmentSettings(_Section):
     lightness: float = Field(0.0, ge=0, le=1, description="L shift toward black/white; faceswap 0.30")
     ab: float = Field(0.0, ge=0, le=1, description="a and b (colour) shifts; faceswap 0.08")
     contrast: float = Field(0.0, ge=0, lt=1, description="L scaled about the image's mean by 1 +- it")
+    input_only: bool = Field(False, description="change the network's input only, not its target: the decoder "
+                             "must draw its own person's colours whatever the input's (DeepFaceLab's random_hsv_power)")
 
 
 class AugmentSettings(_Section):

@@ -90,6 +90,7 @@ class BatchSpec:
     color_lightness: float = 0.0
     color_ab: float = 0.0
     color_contrast: float = 0.0
+    color_input_only: bool = False
     # a finished run lengthened with train.on_more_steps stretch_schedule: see stretched below
     stretch: tuple[float, float, float, float] | None = None
 
@@ -102,6 +103,7 @@ class BatchSpec:
             grid=w.grid, span=w.span, stddev=w.stddev, schedule=w.schedule, off_after=w.off_after,
             order=w.interpolation_order, steps=t.steps,
             color_lightness=a.color.lightness, color_ab=a.color.ab, color_contrast=a.color.contrast,
+            color_input_only=a.color.input_only,
         )
 
 
@@ -282,7 +284,10 @@ def make_batch(spec: BatchSpec, faces, step, side: int, part: int = 0, parts: in
     px = sample_bilinear(rgb, tf.concat([src_warped, src_target], axis=1))  # (b, 2M, 3)
     if spec.color_lightness or spec.color_ab or spec.color_contrast:  # off: not in the graph at all
         u = random_uniform(spec.seed, step, _COLOR + 4 * side, [spec.batch, 4])[lo : lo + b]
-        px = color_jitter(spec, px, u, o * o)
+        if spec.color_input_only:  # the input half alone, about its own mean
+            px = tf.concat([color_jitter(spec, px[:, : o * o], u, o * o), px[:, o * o :]], axis=1)
+        else:
+            px = color_jitter(spec, px, u, o * o)
     px = tf.reshape(px, [b, 2, o, o, 3])
     if c == 3:
         return px[:, 0], px[:, 1]
