@@ -7,16 +7,20 @@ saving a checkpoint every --every steps and scoring each with evaluate's own eva
 demo's validation faces and their ground truth. Every run is a real `autoswap train` (its own
 process, its own MLflow store in --work), so what is measured is what users get.
 
+    python bench/init_from.py --work /tmp/init-from --variants scratch encoder+decoder_c-both
     python bench/init_from.py --work /tmp/init-from                       # all variants
-    python bench/init_from.py --work /tmp/init-from --variants scratch encoder
+    # the recipe before train.augment.color went on (bench/results/init_from_color_off.json):
+    python bench/init_from.py --work /tmp/init-off --out bench/results/init_from_color_off.json \
+        --set train.augment.color.lightness=0 train.augment.color.ab=0 train.augment.color.input_only=false
 
 Writes bench/results/init_from.json (merged into the file when it exists, one variant at a time):
 per variant, per checkpoint, swap_mae and recon_mae both ways; the first step at which both swap
-scores reach the from-scratch run's final ones; the mean of its last 3 checkpoints and the step at
-which the scratch run, averaged the same way, is as good. A finished run in --work is scored again,
-not retrained. Also scores each pretrained model on its own pair (c/d). The first 10 variants take
-about 45 minutes on 2 CPU cores, the trials after them (DERIVED starts, a 20,000-step pretrain)
-about 50 more.
+scores reach the from-scratch run's final ones; the mean of its last 3 checkpoints, the step at
+which the scratch run, averaged the same way, is as good, and the first step at which this run's
+3-checkpoint mean is as good as the scratch run's last 3. A finished run in --work is scored again,
+not retrained. Also scores each pretrained model on its own pair (c/d). The scratch run and the
+5,000-step pretrain take about 13 minutes on 2 CPU cores, and each 2,000-step variant about 3
+(the trials at the end of VARIANTS, with a 20,000-step pretrain, about 50 more).
 """
 
 from __future__ import annotations
@@ -233,7 +237,8 @@ def main() -> int:
     summarise(results, a)
     for name, v in results["variants"].items():
         print(f"{name:30s} {v['steps']:5d} steps: reaches scratch's final swap at {v.get('reaches_target_at')}; "
-              f"last 3 checkpoints {v.get('last3_mean')}, matched by scratch at {v.get('scratch_steps_to_match_last3')}")
+              f"last 3 checkpoints {v.get('last3_mean')}, matched by scratch at {v.get('scratch_steps_to_match_last3')}; "
+            f"reaches scratch's last 3 at {v.get('reaches_scratch_last3_at')}")
     return 0
 
 
@@ -241,6 +246,15 @@ def window(rows: list[dict], end: int, k: int) -> dict:
     """The mean swap_mae of the k checkpoints up to row `end` (inclusive), per direction."""
     part = rows[max(0, end - k + 1): end + 1]
     return {x: sum(r[x]["swap_mae"] for r in part) / len(part) for x in "ab"}
+
+
+def reached_mean(rows: list[dict], target: dict, k: int = 3) -> int | None:
+    """The first step at which this run's mean over k checkpoints is at or below `target` (the
+    scratch run's mean over its last k) in both directions: the averaged form of `reached`."""
+    for i in range(k - 1, len(rows)):
+        if all(window(rows, i, k)[x] <= target[x] for x in "ab"):
+            return rows[i]["step"]
+    return None
 
 
 def scratch_equivalent(scratch: list[dict], rows: list[dict], k: int = 3) -> int | None:
@@ -268,6 +282,7 @@ def summarise(results: dict, a) -> None:
             v["reaches_target_at"] = reached(v["rows"], target)
             v["last3_mean"] = {x: round(m, 4) for x, m in window(v["rows"], len(v["rows"]) - 1, 3).items()}
             v["scratch_steps_to_match_last3"] = scratch_equivalent(scratch, v["rows"])
+            v["reaches_scratch_last3_at"] = reached_mean(v["rows"], window(scratch, len(scratch) - 1, 3))
     results["pretrain_steps"] = a.pretrain_steps
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(results, indent=1) + "\n")
