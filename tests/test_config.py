@@ -26,6 +26,8 @@ def test_project_params_and_seed_preset_validate():
     assert seed.model.width == 1.0 and seed.model.input_size == 64
     assert seed.train.steps == 65_000 and seed.train.learning_rate == 5e-5 and seed.train.beta_1 == 0.5
     assert seed.train.warp.stddev * seed.data.face_size == pytest.approx(2.5)
+    assert seed.train.augment.color.lightness == 0.0 and not seed.train.augment.color.input_only  # the seed's: none
+    assert demo.train.augment.color.input_only and demo.train.augment.color.lightness > 0  # the demo's: the input's
 
 
 def test_yaml11_exponent_spellings_are_the_same_float(tmp_path):
