@@ -259,8 +259,9 @@ def test_colour_augmentation_same_change_on_input_and_target():
     u = random_uniform(spec.seed, 7, _COLOR + 4, [b, 4])
     px = color_jitter(spec, tf.reshape(tf.stack([w0, t0], 1), [b, 2 * o * o, 3]), u, o * o)
     px = tf.reshape(px, [b, 2, o, o, 3]).numpy()
-    np.testing.assert_allclose(w1.numpy(), px[:, 0], atol=1e-6)
-    np.testing.assert_allclose(t1.numpy(), px[:, 1], atol=1e-6)
+    # make_batch runs color_jitter compiled with XLA, which rounds the LAB round trip differently
+    np.testing.assert_allclose(w1.numpy(), px[:, 0], atol=1e-5)
+    np.testing.assert_allclose(t1.numpy(), px[:, 1], atol=1e-5)
     assert 0.0 <= float(tf.reduce_min(w1)) and float(tf.reduce_max(w1)) <= 1.0
     # a replica's slice sees its part of the same change
     w_part, t_part = make_batch(spec, faces, 7, 1, part=1, parts=2)
@@ -279,7 +280,7 @@ def test_colour_augmentation_input_only_leaves_the_target_alone():
     b, o = spec.batch, spec.out_size
     u = random_uniform(spec.seed, 7, _COLOR + 4, [b, 4])
     expect = tf.reshape(color_jitter(spec, tf.reshape(w0, [b, o * o, 3]), u, o * o), [b, o, o, 3])
-    np.testing.assert_allclose(w1.numpy(), expect.numpy(), atol=1e-6)
+    np.testing.assert_allclose(w1.numpy(), expect.numpy(), atol=1e-5)  # XLA rounds differently
     assert np.abs(w1.numpy() - w0.numpy()).mean(axis=(1, 2, 3)).min() > 1e-3  # every image changed
     # params.yaml's switch reaches the batch spec
     raw = {"train": {"augment": {"color": {"lightness": 0.3, "input_only": True}}}}

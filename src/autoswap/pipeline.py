@@ -14,6 +14,7 @@ function of (seed, step) and a resumed run sees exactly the batches it would hav
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,6 +253,14 @@ def color_jitter(spec: BatchSpec, px, u, m: int) -> tf.Tensor:
     return lab01_to_rgb(lab)
 
 
+@functools.lru_cache(maxsize=8)
+def _color_jitter_compiled(spec: BatchSpec, m: int):
+    """color_jitter compiled with XLA, which fuses the LAB round trip's ~40 elementwise ops into a
+    few loops: about 2x faster on the CPU, where it runs in the input pipeline beside the training
+    step (with the demo's input-only colour, about 10 ms a person a step on 2 cores otherwise)."""
+    return tf.function(lambda px, u: color_jitter(spec, px, u, m), jit_compile=True)
+
+
 def make_batch(spec: BatchSpec, faces, step, side: int, part: int = 0, parts: int = 1):
     """faces (N, S, S, C) uint8 -> (warped (B, out, out, 3), target (B, out, out, C)), float32 in [0, 1].
 
@@ -284,10 +293,11 @@ def make_batch(spec: BatchSpec, faces, step, side: int, part: int = 0, parts: in
     px = sample_bilinear(rgb, tf.concat([src_warped, src_target], axis=1))  # (b, 2M, 3)
     if spec.color_lightness or spec.color_ab or spec.color_contrast:  # off: not in the graph at all
         u = random_uniform(spec.seed, step, _COLOR + 4 * side, [spec.batch, 4])[lo : lo + b]
+        jitter = _color_jitter_compiled(spec, o * o)
         if spec.color_input_only:  # the input half alone, about its own mean
-            px = tf.concat([color_jitter(spec, px[:, : o * o], u, o * o), px[:, o * o :]], axis=1)
+            px = tf.concat([jitter(px[:, : o * o], u), px[:, o * o :]], axis=1)
         else:
-            px = color_jitter(spec, px, u, o * o)
+            px = jitter(px, u)
     px = tf.reshape(px, [b, 2, o, o, 3])
     if c == 3:
         return px[:, 0], px[:, 1]
