@@ -101,7 +101,35 @@ def test_batch_works_inside_xla(faces):
     w, t = f(tf.constant(5, tf.int64))
     w0, t0 = make_batch(s, faces, 5, 0)
     np.testing.assert_allclose(t, t0, atol=1e-4)  # same draws: an integer hash, exact under XLA
-    np.testing.assert_allclose(w, w0, atol=1e-3)  # the spline solve rounds differently
+    np.testing.assert_allclose(w, w0, atol=1e-4)  # the flow is one matmul: no solve to round apart
+
+
+def test_flow_operator_is_the_warps_spline():
+    """The precomputed flow matrix gives sparse_image_warp's spline flow (solved per image in
+    float64) at the output pixels, for any displacement of the control points."""
+    from autoswap import pipeline as P
+    from autoswap.warp import interpolate_spline
+
+    for s in (spec(), spec(warp={"interpolation_order": 3, "grid": 4})):
+        moved = np.random.default_rng(0).normal(0, 2.5, (3, s.grid**2, 2))  # source - dest, px
+        dest = np.broadcast_to(P._control_grid(s).astype(np.float64), moved.shape)
+        q = np.broadcast_to(P._output_grid(s).astype(np.float64), (3, s.out_size**2, 2))
+        exact = interpolate_spline(dest, -moved, q, s.order).numpy()  # (3, M, 2)
+        ours = np.einsum("mk,bkc->bmc", P._flow_operator(s), -moved)
+        assert np.abs(exact).max() > 1.0  # a real warp
+        np.testing.assert_allclose(ours, exact, atol=1e-4)
+
+
+def test_host_pipeline_gives_make_batchs_batches(faces):
+    """make_dataset runs make_batch compiled with XLA: the same draws and the same pixels."""
+    from autoswap.pipeline import make_dataset
+
+    s = spec(augment={"color": {"lightness": 0.3, "ab": 0.08, "input_only": True}})
+    f = faces.numpy()
+    (step, (wa, ta, wb, tb)), = make_dataset(s, f, f[::-1], 7, 8)
+    assert int(step) == 7
+    for got, want in zip((wa, ta, wb, tb), (*make_batch(s, f, 7, 0), *make_batch(s, f[::-1], 7, 1))):
+        np.testing.assert_allclose(got, want, atol=1e-4)
 
 
 # ----------------------------------------------------------------------------- loss maps
