@@ -173,3 +173,17 @@ def test_landmark_shift_measures_a_known_move(name):
     rot = cv2.getRotationMatrix2D((127.5, 127.5), 10.0, 1.0)
     expected = landmark_shift(ref @ rot[:, :2].T + rot[:, 2], ref)[0]  # about 0.11
     assert landmark_shift(turned, ref)[0] == pytest.approx(expected, abs=0.03)  # measured 0.116, 0.109
+
+
+def test_descriptors_on_all_cores_equal_one_at_a_time(faces):
+    """12 faces are split between this process and helper processes (one per spare core); each
+    descriptor is the one the face gets alone, and they come back in order."""
+    import os
+
+    from autoswap import identity
+
+    imgs = [faces[n][k] for n in faces for k in faces[n]] * 2  # 12
+    together = descriptors(imgs)
+    alone = np.stack([descriptors([img])[0] for img in imgs])
+    np.testing.assert_allclose(together, alone, atol=1e-6)
+    assert len(os.sched_getaffinity(0)) == 1 or identity._helpers() is not None  # the split ran

@@ -128,7 +128,7 @@ def test_host_pipeline_gives_make_batchs_batches(faces):
     f = faces.numpy()
     (step, (wa, ta, wb, tb)), = make_dataset(s, f, f[::-1], 7, 8)
     assert int(step) == 7
-    for got, want in zip((wa, ta, wb, tb), (*make_batch(s, f, 7, 0), *make_batch(s, f[::-1], 7, 1))):
+    for got, want in zip((wa, ta, wb, tb), (*make_batch(s, f, 7, 0), *make_batch(s, f[::-1], 7, 1)), strict=True):
         np.testing.assert_allclose(got, want, atol=1e-4)
 
 

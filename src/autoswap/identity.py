@@ -27,6 +27,7 @@ excludes commercial use.
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 
@@ -94,10 +95,81 @@ def descriptors(images, with_landmarks: bool = False):
         chips.append(dlib.get_face_chip(big, shape, size=CHIP_SIZE))  # (150, 150, 3) uint8
         pts = np.array([[p.x, p.y] for p in shape.parts()], np.float64)
         landmarks.append((pts + 0.5) / scale - 0.5)  # (5, 2) in the pixels of img
-    desc = np.array(resnet.compute_face_descriptor(chips), np.float64).reshape(len(chips), 128)
+    desc = _describe(chips)  # (N, 128)
     if with_landmarks:
         return desc, np.array(landmarks, np.float64).reshape(len(chips), 5, 2)
     return desc
+
+
+def _resnet_descriptors(chips: list) -> np.ndarray:
+    """(N, 128) float64 descriptors of (150, 150, 3) chips, in this process (or a helper's)."""
+    _, resnet = _models()
+    return np.array(resnet.compute_face_descriptor(list(chips)), np.float64).reshape(len(chips), 128)
+
+
+@functools.lru_cache(maxsize=1)
+def _helpers() -> list:
+    """Processes that run the ResNet beside this one, one per spare core (none on one core).
+    dlib's binding holds the GIL and runs on one core (threads gained nothing), and the ResNet is
+    nearly all of evaluate's time: 0.15 s a face on this project's 2-core machines. Each helper is
+    a fresh interpreter that imports only numpy and dlib (not a fork of this process, which has
+    TensorFlow's threads running, and not multiprocessing, whose spawn re-runs the caller's main
+    script); it reads pickled chip lists on stdin and answers with their descriptors."""
+    import atexit
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    n = len(os.sched_getaffinity(0)) - 1
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-c", "from autoswap.identity import _serve; _serve()"]
+    helpers = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env) for _ in range(n)]
+
+    def close():
+        for h in helpers:
+            h.stdin.close()  # EOF: the helper returns
+            h.wait(timeout=10)
+
+    atexit.register(close)
+    return helpers
+
+
+def _serve() -> None:
+    """A helper's loop (see _helpers): a pickled list of chips in, their (N, 128) descriptors out."""
+    import pickle
+    import sys
+
+    while True:
+        try:
+            chips = pickle.load(sys.stdin.buffer)
+        except EOFError:
+            return
+        pickle.dump(_resnet_descriptors(chips), sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+
+
+def _describe(chips: list) -> np.ndarray:
+    """_resnet_descriptors over all cores: this process takes the first share, the helpers the
+    rest. Each chip's descriptor does not depend on the others, so the split changes no value."""
+    import pickle
+
+    helpers = _helpers() if len(chips) >= 8 else []
+    parts = [[chips[i] for i in p] for p in np.array_split(np.arange(len(chips)), len(helpers) + 1)]
+    sent = []
+    for h, part in zip(helpers, parts[1:], strict=True):
+        try:
+            pickle.dump(part, h.stdin)  # the helper starts on its share at once
+            h.stdin.flush()
+            sent.append(h)
+        except OSError:  # a helper that died: its share is done here
+            sent.append(None)
+    out = [_resnet_descriptors(parts[0])]
+    for h, part in zip(sent, parts[1:], strict=True):
+        try:
+            out.append(pickle.load(h.stdout) if h is not None else _resnet_descriptors(part))
+        except (EOFError, OSError, pickle.UnpicklingError):
+            out.append(_resnet_descriptors(part))
+    return np.concatenate(out)
 
 
 def centroid(desc: np.ndarray) -> np.ndarray:
