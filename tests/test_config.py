@@ -50,6 +50,8 @@ def test_yaml11_exponent_spellings_are_the_same_float(tmp_path):
         ("data:\n  face_size: 100\n", "data.face_size"),
         ("train:\n  warp:\n    schedule: sometimes\n", "train.warp.schedule"),
         ("train:\n  conv_as_matmul: cpu\n", "train.conv_as_matmul"),
+        ("train:\n  intra_op_threads: -1\n", "train.intra_op_threads"),
+        ("train:\n  mixed_precision: sometimes\n", "train.mixed_precision"),
         ("extract:\n  rotate: [90, 45]\n", "extract.rotate"),
         ("extract:\n  rotate: 45\n", "extract.rotate"),
         ("extract:\n  rotate: [90.0]\n", "extract.rotate"),

@@ -804,3 +804,20 @@ def test_init_from_a_mismatched_model_is_refused_in_one_line(tmp_path, faces, ml
     assert "\n" not in str(e.value)
     with pytest.raises(UserError, match="neither a model folder"):
         run(tmp_path / "new2", data={"faces_dir": str(faces)}, train={"init_from": str(tmp_path / "nowhere")})
+
+
+def test_bfloat16_and_threads_auto_resolve_from_the_machine():
+    """train.mixed_precision auto follows the CPU's bfloat16 flags (emulated bfloat16 is slower
+    than float32); train.intra_op_threads auto leaves the input pipeline a core."""
+    import os
+
+    from autoswap.config import Settings
+
+    assert T.cpu_has_bf16("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16\n")
+    assert T.cpu_has_bf16("flags\t\t: fpu avx2 amx_bf16 amx_tile\n")
+    assert not T.cpu_has_bf16("flags\t\t: fpu avx2 avx512f avx512_vnni\nbugs\t\t: amx_bf16\n")
+    t = Settings().train
+    assert T.mixed_precision(t) is False and T.mixed_precision(t.model_copy(update={"mixed_precision": True}))
+    assert T.mixed_precision(t.model_copy(update={"mixed_precision": "auto"})) == T.cpu_has_bf16()  # no GPU here
+    assert T.intra_op_threads(t) == max(1, len(os.sched_getaffinity(0)) - 1)
+    assert T.intra_op_threads(t.model_copy(update={"intra_op_threads": 3})) == 3

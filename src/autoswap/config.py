@@ -240,12 +240,18 @@ class TrainSettings(_Section):
     # build batches inside the compiled step, from the face set cached on the device (GPU path);
     # always on under a multi-replica strategy. Off: a tf.data pipeline on the host CPU.
     data_on_device: bool = False
-    mixed_precision: bool = False
+    # bfloat16 compute, float32 weights. auto: on where bfloat16 runs in hardware (a GPU of compute
+    # capability 8.0 or later; a CPU with AVX512-BF16 or AMX), off where it would be emulated
+    mixed_precision: bool | Literal["auto"] = False
     jit_compile: bool = False
     # the seed's two 4x4-output convolutions (1024 and 2048 filters) computed as matmuls
     # (model.Conv2D): same weights; the speed-up is measured in bench/results/conv_matmul.json
     # (per layer and width) and bench/results/train_throughput.json. auto: on without a GPU
     conv_as_matmul: bool | Literal["auto"] = "auto"
+    # threads of one TensorFlow op. auto: on a CPU one core fewer than this process may use (at
+    # least 1), so the input pipeline has a core to itself beside the training step: ~10% more
+    # img/s on 2 cores (docs/PERFORMANCE.md); with a GPU, TensorFlow's default. 0 = TF's default
+    intra_op_threads: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
     # Gradient-norm clipping (DeepFaceLab's clipgrad): the global norm of each step's gradient is
     # capped here before Adam. A collapse starts with a gradient spike that Adam turns into a huge
     # step (docs/EXPERIMENTS.md, "Why training collapsed"); null = off, as in the seed.

@@ -136,6 +136,57 @@ def conv_as_matmul(t) -> bool:
     return t.conv_as_matmul
 
 
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU computes bfloat16 in hardware (AVX512-BF16 or AMX), from /proc/cpuinfo's
+    flags; elsewhere oneDNN emulates it, slower than float32."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = {f for line in cpuinfo.splitlines() if line.startswith("flags") for f in line.split(":", 1)[-1].split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def mixed_precision(t) -> bool:
+    """train.mixed_precision resolved: "auto" is on where bfloat16 runs in hardware: every GPU
+    of compute capability 8.0 or later, or, with no GPU, a CPU with AVX512-BF16 or AMX."""
+    if t.mixed_precision != "auto":
+        return t.mixed_precision
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        caps = [tf.config.experimental.get_device_details(g).get("compute_capability") or (0, 0) for g in gpus]
+        return all(tuple(c) >= (8, 0) for c in caps)
+    return cpu_has_bf16()
+
+
+def intra_op_threads(t) -> int:
+    """train.intra_op_threads resolved: "auto" is one fewer than the usable cores on a CPU (the
+    input pipeline gets the last one), TensorFlow's default (0) with a GPU."""
+    if t.intra_op_threads != "auto":
+        return t.intra_op_threads
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return 0
+    return max(1, len(os.sched_getaffinity(0)) - 1)
+
+
+def set_threads(t) -> None:
+    """Apply train.intra_op_threads. TensorFlow takes it only before its first op; in a process
+    that already ran one (a test, a notebook) the threads stay as they are."""
+    import tensorflow as tf
+
+    n = intra_op_threads(t)
+    if tf.config.threading.get_intra_op_parallelism_threads() != n:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(n)
+        except RuntimeError:  # "cannot be modified after initialization"
+            pass
+
+
 def make_forward_backward(nets, optimizer, loss_settings, replicas: int = 1):
     """The train step, uncompiled: warped and target batches of both people in, one Adam update.
 
@@ -243,7 +294,7 @@ def build_trainer(settings: Settings, strategy=None) -> Trainer:
         # bfloat16 compute, float32 weights; model.py keeps the output conv in float32. The policy
         # is Keras-global, so it is set for the build only and does not leak into later models
         before = keras.mixed_precision.global_policy()
-        keras.mixed_precision.set_global_policy("mixed_bfloat16" if t.mixed_precision else before)
+        keras.mixed_precision.set_global_policy("mixed_bfloat16" if mixed_precision(t) else before)
         try:
             nets = M.build(settings.model, conv_as_matmul(t))
         finally:
@@ -809,6 +860,7 @@ def _train(settings: Settings, metrics_dir: Path, plots_dir: Path, finish: bool)
     from autoswap.report import preview_grid, save_frame, timelapse
 
     t = settings.train
+    set_threads(t)  # before the strategy, whose devices start TensorFlow's runtime
     sets, val = load_training_faces(settings)
     strategy = make_strategy(t.strategy)
     if t.batch_size % strategy.num_replicas_in_sync:
@@ -841,6 +893,8 @@ def _train(settings: Settings, metrics_dir: Path, plots_dir: Path, finish: bool)
                                stretch=tuple(r.stretch) if r.stretch else None)
 
     run = open_run(settings, r.run_id, r, sets)
+    mlflow.set_tags({"autoswap.intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+                     "autoswap.bfloat16": mixed_precision(t)})  # what "auto" became here
     if init:  # the parent: for `autoswap compare` and the UI
         mlflow.set_tags({"autoswap.init_from": t.init_from, "autoswap.parent_run": init[1] or "unknown"})
     ckpts.write_state(fp, run.info.run_id, r)
