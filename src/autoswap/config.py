@@ -249,8 +249,8 @@ class TrainSettings(_Section):
     # (per layer and width) and bench/results/train_throughput.json. auto: on without a GPU
     conv_as_matmul: bool | Literal["auto"] = "auto"
     # threads of one TensorFlow op. auto: on a CPU one core fewer than this process may use (at
-    # least 1), so the input pipeline has a core to itself beside the training step: ~10% more
-    # img/s on 2 cores (docs/PERFORMANCE.md); with a GPU, TensorFlow's default. 0 = TF's default
+    # least 1), so the input pipeline has a core to itself beside the training step: 2% more img/s
+    # and a steadier rate on 2 cores (bench/results/demo_speed.json); with a GPU, TF's default (0)
     intra_op_threads: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
     # Gradient-norm clipping (DeepFaceLab's clipgrad): the global norm of each step's gradient is
     # capped here before Adam. A collapse starts with a gradient spike that Adam turns into a huge
