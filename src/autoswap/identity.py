@@ -127,8 +127,11 @@ def _helpers() -> list:
 
     def close():
         for h in helpers:
-            h.stdin.close()  # EOF: the helper returns
-            h.wait(timeout=10)
+            try:
+                h.stdin.close()  # EOF: the helper returns
+                h.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                h.kill()
 
     atexit.register(close)
     return helpers

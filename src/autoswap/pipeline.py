@@ -334,8 +334,9 @@ def make_batch(spec: BatchSpec, faces, step, side: int, part: int = 0, parts: in
 def _make_batch_compiled(spec: BatchSpec, side: int):
     """make_batch compiled with XLA for the host pipeline. On the CPU, where the pipeline shares
     the cores with the training step, XLA fuses the sampling's gathers and the colour's ~40
-    elementwise ops into a few loops: 26 -> 15 ms a person on 2 cores. The faces are an argument,
-    not a captured constant, so they are not baked into the compiled program."""
+    elementwise ops into a few loops: a third of a plain tf.function's time on 2 cores
+    (bench/results/demo_speed.json). The faces are an argument, not a captured constant, so they
+    are not baked into the compiled program."""
     return tf.function(lambda faces, step: make_batch(spec, faces, step, side), jit_compile=True)
 
 
