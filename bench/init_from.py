@@ -18,8 +18,9 @@ per variant, per checkpoint, swap_mae and recon_mae both ways; the first step at
 scores reach the from-scratch run's final ones; the mean of its last 3 checkpoints, the step at
 which the scratch run, averaged the same way, is as good, and the first step at which this run's
 3-checkpoint mean is as good as the scratch run's last 3. A finished run in --work is scored again,
-not retrained. Also scores each pretrained model on its own pair (c/d). The default variants
-(the pretrain, the scratch run and four 2,000-step starts) take about 28 minutes on the 2-core
+not retrained. Also scores each pretrained model on its own pair (c/d). The pretrain, the
+scratch run and the four 2,000-step starts of docs/EXPERIMENTS.md's table (--variants scratch
+encoder encoder+decoders encoder+decoders-crossed encoder+decoder_c-both) take about 28 minutes on the 2-core
 Xeon in bfloat16 (the trials at the end of VARIANTS, with a 20,000-step pretrain, about 50 more
 on the EPYC in float32).
 """
