@@ -44,6 +44,7 @@ from autoswap.files import (
     output_owner,
 )
 from autoswap.images import IMAGE_SUFFIXES, BadImage, load_rgb
+from autoswap.progress import Progress
 from autoswap.video import VIDEO_SUFFIXES, BadVideo, iter_video_frames, probe_frames
 
 MANIFEST = "manifest.jsonl"
@@ -189,12 +190,11 @@ def _sources(path: Path, cfg: ExtractSettings, max_image_pixels: int, errors: di
                 errors[str(path)] = str(e)
                 return
     # a video (by extension, or a file of unknown type that is not an image)
-    from tqdm import tqdm
-
     total = probe_frames(path)
     n = 0
-    with tqdm(total=(total + cfg.every_nth_frame - 1) // cfg.every_nth_frame if total and cfg.target_fps is None
-              else None, unit="frame", leave=False, disable=bar.disable, desc=path.name) as frames:
+    with Progress(path.name, (total + cfg.every_nth_frame - 1) // cfg.every_nth_frame
+                  if total and cfg.target_fps is None else None,
+                  unit="frame", leave=False, enabled=not bar.disable) as frames:
         try:
             for fr in iter_video_frames(path, cfg.every_nth_frame, cfg.target_fps):
                 n += 1
@@ -216,7 +216,7 @@ def _sources(path: Path, cfg: ExtractSettings, max_image_pixels: int, errors: di
 
 def extract_to_dir(inputs: list[Path], out_dir: Path, cfg: ExtractSettings, face_size: int,
                    max_image_pixels: int = 40_000_000, progress: bool = True,
-                   allow_empty: bool = False, where: str = "--out") -> dict:
+                   allow_empty: bool = False, where: str = "--out", desc: str = "extract") -> dict:
     """Detect, align and filter faces from the images, videos and folders in `inputs`.
 
     Writes out_dir/{name}.png crops (name = f"{source_stem}_{frame:06d}_{k}", k counting the
@@ -232,9 +232,10 @@ def extract_to_dir(inputs: list[Path], out_dir: Path, cfg: ExtractSettings, face
     ...]} for every reason in DROP_REASONS, "errors": {"path[:frame]": why}, "rotated": {"90":
     ["path[:frame]", ...]} for every angle in cfg.rotate: where the faces were found only with the
     photo or frame turned counter-clockwise by that angle}. Photos and frames with no usable face
-    are listed once under no_face / low_confidence / too_small; blurry and duplicate are per face. Raises UserError when no face at all is kept (unless allow_empty)."""
+    are listed once under no_face / low_confidence / too_small; blurry and duplicate are per face. Raises UserError when no face at all is kept (unless allow_empty).
+
+    `progress`: a bar named `desc` on a terminal, plain lines otherwise (autoswap.progress)."""
     from PIL import Image
-    from tqdm import tqdm
 
     out_dir = Path(out_dir)
     check_output_dir(out_dir, where)
@@ -263,8 +264,8 @@ def extract_to_dir(inputs: list[Path], out_dir: Path, cfg: ExtractSettings, face
     kept = 0
     last_video = None
     manifest: list[str] = []  # written atomically once every crop is
-    with tqdm(files, unit="file", disable=not progress, desc="extract") as bar:
-        for path in bar:
+    with Progress(desc, len(files), unit="file", enabled=progress) as bar:
+        for path in files:
             # one tracker per file: it follows the kept face through a video's frames (not with
             # keep=all, which wants every face of every frame, new ones included)
             tracker = FaceTracker(cfg, cfg.keep, follow=cfg.track and cfg.keep != "all", rotate=cfg.rotate)
@@ -301,6 +302,7 @@ def extract_to_dir(inputs: list[Path], out_dir: Path, cfg: ExtractSettings, face
                                                    affine, lm_crop, blur, h, angle)) + "\n")
                     kept += 1
             bar.set_postfix(kept=kept)
+            bar.update()
     atomic_write_text(out_dir / MANIFEST, "".join(manifest))
 
     report = {"files": len(files), **counts, "kept": kept, "dropped": dropped, "errors": errors,

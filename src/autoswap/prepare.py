@@ -28,6 +28,7 @@ from autoswap.config import Settings
 from autoswap.errors import UserError
 from autoswap.files import atomic_write_json, fresh_output_dir
 from autoswap.images import BadImage, list_images, load_rgb
+from autoswap.progress import Progress
 
 
 def _split(names: list, val_fraction: float, seed: int, side: int) -> tuple[list, list]:
@@ -46,21 +47,23 @@ def _aligned_folder(settings: Settings, side: str, src: Path, dst: Path) -> dict
     files = list_images(src)
     dropped: dict[str, list[str]] = {}
     faces = []
-    for f in files:
-        try:
-            a = load_rgb(f, d.max_image_pixels)
-        except BadImage as e:
-            dropped.setdefault("unreadable", []).append(f"{f}: {e}")
-            continue
-        if a.shape[0] != a.shape[1]:
-            # aligned crops are square; centre-crop anything else rather than squash the face
-            m = min(a.shape[:2])
-            y, x = (a.shape[0] - m) // 2, (a.shape[1] - m) // 2
-            a = a[y : y + m, x : x + m]
-        if a.shape[:2] != (d.face_size, d.face_size):
-            # now, not when writing: held at full size, a folder of big photos would fill the memory
-            a = np.asarray(Image.fromarray(a).resize((d.face_size, d.face_size), Image.Resampling.LANCZOS))
-        faces.append((f, a))
+    with Progress(f"prepare: person {side.upper()}", len(files), unit="file") as bar:
+        for f in files:
+            bar.update()
+            try:
+                a = load_rgb(f, d.max_image_pixels)
+            except BadImage as e:
+                dropped.setdefault("unreadable", []).append(f"{f}: {e}")
+                continue
+            if a.shape[0] != a.shape[1]:
+                # aligned crops are square; centre-crop anything else rather than squash the face
+                m = min(a.shape[:2])
+                y, x = (a.shape[0] - m) // 2, (a.shape[1] - m) // 2
+                a = a[y : y + m, x : x + m]
+            if a.shape[:2] != (d.face_size, d.face_size):
+                # now, not when writing: held at full size, a folder of big photos would fill the memory
+                a = np.asarray(Image.fromarray(a).resize((d.face_size, d.face_size), Image.Resampling.LANCZOS))
+            faces.append((f, a))
     return _write_split(settings, side, faces, dst, dropped, len(files))
 
 
@@ -96,7 +99,7 @@ def _extracted_folder(settings: Settings, side: str, src: Path, dst: Path) -> di
         raise UserError(f"{src}: folder not found; put person {side.upper()}'s photos and videos there (data.dir_{side})")
     pool = dst / "all"
     report = extract_to_dir([src], pool, settings.extract, d.face_size, d.max_image_pixels, allow_empty=True,
-                            where="params.yaml: key 'data.faces_dir'")
+                            where="params.yaml: key 'data.faces_dir'", desc=f"prepare: person {side.upper()}")
     crops = sorted(p for p in pool.glob("*.png"))
     if len(crops) < d.min_faces:
         raise UserError(
@@ -149,9 +152,10 @@ def prepare(settings: Settings, metrics_dir: Path = Path("metrics")) -> dict:
     # prepare itself made, never one that is, holds or lies inside the user's data (autoswap.files)
     fresh_output_dir(out, "prepare", "params.yaml: key 'data.faces_dir'", (d.dir_a, d.dir_b), suggest="data/faces")
     if d.source == "synthetic":
-        from autoswap.synthetic import generate
+        from autoswap.synthetic import generate, total_images
 
-        counts = generate(d.synthetic, d.face_size, settings.seed, out)
+        with Progress("prepare: demo faces", total_images(d.synthetic), unit="file") as bar:
+            counts = generate(d.synthetic, d.face_size, settings.seed, out, progress=lambda n: bar.update(n - bar.n))
         for side in ("a", "b"):
             c = counts[side]
             report["persons"][side] = {"kept": c["train"] + c["val"], **c, "dropped": {}}

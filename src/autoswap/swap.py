@@ -41,6 +41,7 @@ from autoswap.config import ExtractSettings, Settings, SwapSettings
 from autoswap.errors import UserError
 from autoswap.faces import FaceTracker
 from autoswap.files import is_inside
+from autoswap.progress import Progress
 
 
 # ----------------------------------------------------------------------------- the model
@@ -505,14 +506,16 @@ def swap_files(settings: Settings, src: Path, dst: Path, force: bool = False, pr
     for s in skipped:
         _warn(f"skipped {s}")
     results = []
-    for a, b in pairs:
-        try:
-            results.append(run.file(a, b))
-        except UserError as e:
-            if len(pairs) == 1:
-                raise
-            _warn(f"skipped {e}")
-            results.append({"input": str(a), "output": None, "status": f"skipped: {e}"})
+    with Progress("swap", len(pairs), unit="file", enabled=progress and len(pairs) > 1) as bar:
+        for a, b in pairs:
+            try:
+                results.append(run.file(a, b))
+            except UserError as e:
+                if len(pairs) == 1:
+                    raise
+                _warn(f"skipped {e}")
+                results.append({"input": str(a), "output": None, "status": f"skipped: {e}"})
+            bar.update()
     if any(r["status"] == "swapped" for r in results):
         tag_watermark_id(run.model.dir, run.marker.wm_id)
     return results

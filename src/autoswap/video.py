@@ -227,7 +227,8 @@ def transcode(
     Returns {"frames", "processed", "fps", "width", "height", "audio_copied", "audio_dropped"}.
     Raises BadVideo when `src` cannot be read."""
     import av
-    from tqdm import tqdm
+
+    from autoswap.progress import Progress
 
     suffix = Path(dst).suffix.lower()
     if suffix not in H264_CONTAINERS:
@@ -250,7 +251,7 @@ def transcode(
             pending: list = []  # audio packets that arrive before the video stream is set up
             pix_fmt = "yuv420p"
             start_pts = None
-            bar = tqdm(total=vs.frames or None, unit="frame", disable=not progress, desc=desc)
+            bar = Progress(desc, vs.frames or None, unit="frame", enabled=progress)
 
             def open_video(width: int, height: int):
                 nonlocal ovs, pix_fmt
@@ -300,9 +301,12 @@ def transcode(
                         stats["frames"] += 1
                         bar.update(1)
             except av.error.FFmpegError as e:
+                bar.close(failed=True)
                 raise BadVideo(f"decoding failed after frame {index} ({_why(e)})") from None
-            finally:
-                bar.close()
+            except BaseException:
+                bar.close(failed=True)
+                raise
+            bar.close()
             if ovs is None:
                 raise BadVideo("the video has no frames", "no_frames")
             write(None)
