@@ -314,6 +314,11 @@ class EvaluateSettings(_Section):
         description="training faces per person whose mean dlib descriptor is that person's identity "
         "centroid (id_transfer, landmark_shift; about 0.075 s a face on a CPU core); 0 = identity scores off",
     )
+    photo_faces: int = Field(
+        0, ge=0, le=100_000,
+        description="validation faces per person swapped in their source photo and scored there "
+        "(autoswap.photoscore, photo_* scores); 0 = all of them",
+    )
 
 
 class PreviewSettings(_Section):
@@ -452,20 +457,54 @@ def _format_error(err: dict[str, Any], path: Path) -> str:
     return f"{path}: key '{key}': {err['msg']} (got {err.get('input')!r})"
 
 
-def parse(raw: Any, path: Path | str = PARAMS_FILE) -> Settings:
-    path = Path(path)
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+def _with_own_data(raw: dict, path: Path) -> dict:
+    """raw with params.yaml's `own_data` recipe applied: a mapping of dotted keys
+    (`train.steps: 30000`) set over the sections above it. The demo's values stay in the sections
+    themselves, so a reader sees the demo's recipe; `own_data` holds what differs for real photos
+    (docs/EXPERIMENTS.md, "A real swap"). A key that names nothing is a one-line error."""
+    import copy
+
+    own = raw.get("own_data") or {}
+    if not isinstance(own, dict):
+        raise ConfigError(f"{path}: key 'own_data': expected a mapping of dotted keys to values")
+    out = copy.deepcopy({k: v for k, v in raw.items() if k != "own_data"})
+    for dotted, value in own.items():
+        parts = str(dotted).split(".")
+        node = out
+        for k in parts[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{path}: key 'own_data.{dotted}': {k} is not a section")
+        node[parts[-1]] = value
+    return out
+
+
+def _validate(raw: dict, path: Path, where: str = "") -> Settings:
     try:
         return Settings(**raw)
     except ValidationError as e:
         errors = e.errors()
         msg = _format_error(errors[0], path)
+        if where:
+            msg = msg.replace(f"{path}: ", f"{path}: {where}: ", 1)
         if len(errors) > 1:
             msg += f" (and {len(errors) - 1} more)"
         raise ConfigError(msg) from None
+
+
+def parse(raw: Any, path: Path | str = PARAMS_FILE) -> Settings:
+    """params.yaml's mapping -> Settings. With data.source: folders (your photos), the `own_data`
+    recipe is applied over the sections (`_with_own_data`); it is validated with any source, so a
+    typo in it shows up on the demo too."""
+    path = Path(path)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    own = _validate(_with_own_data(raw, path), path, "with own_data applied")
+    plain = _validate({k: v for k, v in raw.items() if k != "own_data"}, path)
+    return own if plain.data.source == "folders" and raw.get("own_data") else plain
+
 
 
 def load(path: Path | str = PARAMS_FILE) -> Settings:

@@ -35,6 +35,11 @@ target is Y's centroid, the source X's:
 - truth_id_transfer / truth_id_dist_* / truth_landmark_shift: the same scores of the ground-truth
   counterparts, where the data set has them (synthetic): what a perfect swap scores. Its
   landmark_shift is not 0 where the two people's eyes and nose sit in different places.
+
+The swapped photo (autoswap.photoscore, `photo_*`): every validation face swapped in its source
+photo or frame by `autoswap swap`'s own path (align, network, colour, mask, blend), then scored
+as an outside tool sees it: a face found by dlib's detector, identity, sharpness kept and pose
+kept, on the photo. These judge what the user gets; the scores above judge the network's crop.
 """
 
 from __future__ import annotations
@@ -89,20 +94,30 @@ def _identity_scores(inp, recon, swap, target, source, truth=None) -> dict:
     return m
 
 
+def identity_centroids(spec, train_faces: dict, identity_faces: int) -> dict:
+    """person -> (128,) mean descriptor of a fixed sample of their training faces (the model's
+    view of them); {} when identity_faces is 0 or a person has no training faces."""
+    from autoswap.pipeline import center_crop
+
+    if identity_faces <= 0 or not all(train_faces.get(s) is not None and len(train_faces[s]) for s in "ab"):
+        return {}
+    from autoswap.identity import centroid, descriptors
+
+    out = {}
+    for s in "ab":
+        sample = train_faces[s][_sample(len(train_faces[s]), identity_faces)]
+        out[s] = centroid(descriptors(np.asarray(center_crop(spec, sample))))
+    return out
+
+
 def evaluate_faces(nets, spec, faces: dict, gts: dict, batch: int = 32, train_faces: dict | None = None,
-                   identity_faces: int = 0) -> dict:
+                   identity_faces: int = 0, centroids: dict | None = None) -> dict:
     """The scores of the module docstring, {"a": {...}, "b": {...}}. The identity and landmark
-    scores need identity_faces > 0 and training faces of both people."""
+    scores need identity_faces > 0 and training faces of both people (or their `centroids`)."""
     from autoswap.pipeline import center_crop
 
     train_faces = train_faces or {}
-    centroids = {}  # person -> (128,) mean descriptor of a fixed sample of their training faces
-    if identity_faces > 0 and all(train_faces.get(s) is not None and len(train_faces[s]) for s in "ab"):
-        from autoswap.identity import centroid, descriptors
-
-        for s in "ab":
-            sample = train_faces[s][_sample(len(train_faces[s]), identity_faces)]
-            centroids[s] = centroid(descriptors(np.asarray(center_crop(spec, sample))))
+    centroids = identity_centroids(spec, train_faces, identity_faces) if centroids is None else centroids
 
     encoder, decoder_a, decoder_b = nets
     dec = {"a": decoder_a, "b": decoder_b}
@@ -150,8 +165,17 @@ def evaluate(settings: Settings, model_dir: Path = Path("models/final"), metrics
             raise UserError(f"{root / s / 'val'}: no validation faces; run `dvc repro prepare`")
         gt = load_faces(root / s / "val_gt", size)[0] if (root / s / "val_gt").is_dir() else None
         gts[s] = gt if gt is not None and len(gt) else None
+    centroids = identity_centroids(spec, train_faces, settings.evaluate.identity_faces)
     result = evaluate_faces(nets, spec, faces, gts, settings.evaluate.batch_size, train_faces,
-                            settings.evaluate.identity_faces)
+                            settings.evaluate.identity_faces, centroids)
+    # the swapped photo itself, as an outside tool sees it (autoswap.photoscore)
+    from autoswap.photoscore import score_pairs, swap_val_photos
+
+    for x, y in (("a", "b"), ("b", "a")):
+        pairs = swap_val_photos(settings, model_dir, x, settings.evaluate.photo_faces or None)
+        if pairs:
+            photo = score_pairs(pairs, centroids.get(y), centroids.get(x))
+            result[x].update({k: round(v, 6) for k, v in photo.items()})
     metrics_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(metrics_dir / "eval.json", result)
     # the same numbers beside the model they score: not in git (metrics/eval.json is), so a fresh

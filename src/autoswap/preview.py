@@ -2,6 +2,8 @@
 
 Grid columns: A, A rebuilt (decoder A), A as B (the swap), B, B rebuilt, B as A; with ground truth
 (the synthetic data set) a column after each swap shows what the swap should look like.
+photo_swaps.png: validation faces swapped in their own photos or frames by `autoswap swap`'s path
+(autoswap.photoscore), beside the originals: what the user gets.
 """
 
 from __future__ import annotations
@@ -37,12 +39,24 @@ def preview(settings: Settings, model_dir: Path = Path("models/final"), loss_csv
     rows = read_history(loss_csv)
     if rows:
         loss_plot(rows, out / "loss.png", settings.train.loss.kind)
-    summary = {"grid": str(out / "swap_grid.png"), "faces_per_person": len(faces["a"]), "ground_truth": has_gt}
+    # what the user gets: validation faces swapped in their own photos or frames by the swap path
+    from autoswap.photoscore import sheet, swap_val_photos
+
+    groups = [(f"{x.upper()} swapped to {y.upper()}: original (left), swap (right)", swap_val_photos(settings, model_dir, x, 2 * n))
+              for x, y in (("a", "b"), ("b", "a"))]
+    photo_sheet = None
+    if any(pairs for _, pairs in groups):
+        photo_sheet = out / "photo_swaps.png"
+        sheet(groups, photo_sheet)
+    summary = {"grid": str(out / "swap_grid.png"), "faces_per_person": len(faces["a"]), "ground_truth": has_gt,
+               "photo_swaps": str(photo_sheet) if photo_sheet else None}
     atomic_write_text(out / "preview.json", json.dumps(summary, indent=2) + "\n")
 
     with tracking.log_to_model_run(model_dir) as run:
         if run is not None:  # None: a model without its run (copied elsewhere), not logged
             mlflow.log_artifact(str(out / "swap_grid.png"), artifact_path="previews")
+            if photo_sheet:
+                mlflow.log_artifact(str(photo_sheet), artifact_path="previews")
             if rows:
                 mlflow.log_artifact(str(out / "loss.png"), artifact_path="plots")
     return summary

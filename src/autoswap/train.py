@@ -15,9 +15,11 @@ afresh; a run whose train.steps only grew goes on (see Checkpoints.open).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 from contextlib import contextmanager, nullcontext
@@ -148,18 +150,67 @@ def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
+# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) at which bfloat16 still runs in hardware; below them
+# oneDNN emulates it (slower than float32) or has no bfloat16 kernel at all (AVX2: a convolution
+# fails with "could not create a primitive descriptor")
+_BF16_ISAS = {"", "ALL", "DEFAULT", "AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_FP16", "AVX10_1_512_AMX",
+              "AVX512_CORE_AMX", "AVX10_1_512_AMX_FP16", "AVX512_CORE_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2"}
+
+
+def isa_allows_bf16(cap: str | None = None) -> bool:
+    """Whether oneDNN's kernels, capped by ONEDNN_MAX_CPU_ISA (unset: not capped), include the
+    CPU's bfloat16 instructions."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "") if cap is None else cap
+    return cap.strip().upper() in _BF16_ISAS
+
+
+@functools.lru_cache(maxsize=1)
+def bf16_probe() -> str | None:
+    """None when a bfloat16 convolution, its weight gradient and a matmul run on this machine's
+    kernels; else the first line of the error. Milliseconds, once a process: CPU flags alone do
+    not say what the kernels can do (a capped oneDNN, a build without bfloat16 kernels)."""
+    import tensorflow as tf
+
+    try:
+        x = tf.ones([1, 8, 8, 4], tf.bfloat16)  # (B, H, W, C)
+        k = tf.Variable(tf.ones([3, 3, 4, 4], tf.bfloat16))
+        with tf.GradientTape() as tape:
+            y = tf.nn.conv2d(x, k, 1, "SAME")  # (1, 8, 8, 4)
+            y = tf.matmul(tf.reshape(y, [64, 4]), tf.ones([4, 4], tf.bfloat16))  # (64, 4)
+            loss = tf.reduce_sum(y)
+        g = tape.gradient(loss, k)
+        if not np.isfinite(float(tf.reduce_sum(tf.cast(g, tf.float32)))):
+            return "a bfloat16 convolution gave a non-finite result"
+    except (tf.errors.OpError, RuntimeError, ValueError) as e:
+        # TensorFlow prefixes the kernel's message with its graph node: keep the message
+        msg = re.sub(r"\{\{.*?\}\}|Operation received an exception:", "", str(e)).strip()
+        return (msg.splitlines() or [type(e).__name__])[0][:160]
+    return None
+
+
 def mixed_precision(t) -> bool:
     """train.mixed_precision resolved: "auto" is on where bfloat16 runs in hardware: every GPU
-    of compute capability 8.0 or later, or, with no GPU, a CPU with AVX512-BF16 or AMX."""
-    if t.mixed_precision != "auto":
-        return t.mixed_precision
+    of compute capability 8.0 or later, or, with no GPU, a CPU with AVX512-BF16 or AMX whose
+    kernels are not capped below them, and in both cases only where a bfloat16 convolution
+    really runs (`bf16_probe`); elsewhere float32. `true` where bfloat16 cannot run is a one-line
+    error rather than a crash deep in the first step."""
+    if t.mixed_precision is False:
+        return False
+    if t.mixed_precision is True:
+        err = bf16_probe()
+        if err:
+            raise UserError(f"train.mixed_precision: true, but bfloat16 does not run on this machine ({err}); "
+                            "set it to auto or false")
+        return True
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         caps = [tf.config.experimental.get_device_details(g).get("compute_capability") or (0, 0) for g in gpus]
-        return all(tuple(c) >= (8, 0) for c in caps)
-    return cpu_has_bf16()
+        hardware = all(tuple(c) >= (8, 0) for c in caps)
+    else:
+        hardware = cpu_has_bf16() and isa_allows_bf16()
+    return hardware and bf16_probe() is None
 
 
 def intra_op_threads(t) -> int:

@@ -1,0 +1,186 @@
+"""The spread of the demo's metrics that CI must tolerate, and what deliberate regressions do to
+them: the measurement behind .ci/check_metrics.py's tolerances (docs/METRICS_SPREAD.md).
+
+Each variant is the demo's prepare -> train -> evaluate (params.yaml as committed, the same
+synthetic faces) in its own folder under --work, as its own `autoswap` processes, with one thing
+changed:
+
+- isa-*: oneDNN's kernels capped with ONEDNN_MAX_CPU_ISA, standing in for CPUs without AMX or
+  AVX-512 (another CPU's float rounding, which grows over 5,000 Adam steps);
+- fp32 / bf16: train.mixed_precision forced;
+- seed-N: the training seed (same faces, same validation set): how far one trajectory is from
+  another when nothing is wrong, the widest honest spread;
+- regression-*: a deliberate bug that CI must catch (the check must fail on its metrics):
+  regression-warp: the warped input drawn with another image's zoom/rotation/shift than its
+  target (the pair no longer lines up); regression-decoders: decoder_a and decoder_b swapped in
+  the trained model; regression-lr0: the learning rate zeroed.
+
+    python bench/ci_spread.py --work /work/exp/spread                 # every variant
+    python bench/ci_spread.py --work /work/exp/spread --variants isa-avx2 seed-1
+    python bench/ci_spread.py --work /work/exp/spread --evaluate-only   # re-score trained models
+
+Writes bench/results/ci_spread/<variant>.json (eval and train metrics, the ISA, the wall time).
+A variant already trained in --work is only evaluated again. About 4 to 6 minutes a variant on
+2 cores (AMD EPYC, AVX512-BF16, no AMX).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "results" / "ci_spread"
+
+# variant -> (environment, params overrides (dotted key -> value), code patch or None)
+VARIANTS: dict[str, tuple[dict, dict, str | None]] = {
+    "isa-native": ({}, {}, None),
+    "isa-avx512_core": ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}, {}, None),
+    "isa-avx2": ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, {}, None),
+    "fp32": ({}, {"train.mixed_precision": False}, None),
+    "fp32-avx2": ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, {"train.mixed_precision": False}, None),
+    "seed-1": ({}, {"seed": 1}, None),
+    "seed-2": ({}, {"seed": 2}, None),
+    "seed-3": ({}, {"seed": 3}, None),
+    "regression-warp": ({}, {}, "warp"),
+    "regression-lr0": ({}, {}, "lr0"),
+    "regression-decoders": ({}, {}, "decoders"),
+}
+# the project files a run needs (the rest of the tree is left out)
+TREE = ("params.yaml", "dvc.yaml", "src", "data/raw")
+
+
+def _set(d: dict, dotted: str, value) -> None:
+    *path, last = dotted.split(".")
+    for k in path:
+        d = d[k]
+    d[last] = value
+
+
+def _stage(patch: str | None, stage: str) -> int:
+    """One `autoswap <stage>` in this process, with the variant's code patch applied first."""
+    from autoswap import cli, pipeline
+
+    if patch == "warp" and stage == "train":
+        orig, calls = pipeline._inverse_affine, [0]
+
+        def misaligned(spec, q, params):  # make_batch calls it for the warped input, then the target
+            calls[0] += 1
+            if calls[0] % 2 == 1:
+                import tensorflow as tf
+
+                params = tf.roll(params, 1, axis=0)
+            return orig(spec, q, params)
+
+        pipeline._inverse_affine = misaligned
+    if patch == "lr0" and stage == "train":
+        from autoswap import config
+
+        load = config.load
+
+        def zero_lr(path):
+            s = load(path)
+            return s.model_copy(update={"train": s.train.model_copy(update={"learning_rate": 0.0})})
+
+        config.load = zero_lr
+    if patch == "decoders" and stage == "evaluate":
+        final = Path("models/final")
+        a, b = final / "decoder_a.weights.h5", final / "decoder_b.weights.h5"
+        tmp = final / "swap.tmp"
+        a.rename(tmp), b.rename(a), tmp.rename(b)
+        try:
+            return cli.main([stage])
+        finally:
+            b.rename(tmp), a.rename(b), tmp.rename(a)
+    return cli.main([stage])
+
+
+def run_variant(name: str, work: Path, faces: Path | None, evaluate_only: bool) -> dict:
+    env_extra, overrides, patch = VARIANTS[name]
+    d = work / name
+    d.mkdir(parents=True, exist_ok=True)
+    for rel in TREE:
+        src, dst = ROOT / rel, d / rel
+        if src.is_dir():
+            shutil.rmtree(dst, ignore_errors=True)
+            shutil.copytree(src, dst)
+        elif src.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+    params = yaml.safe_load((d / "params.yaml").read_text())
+    for k, v in overrides.items():
+        _set(params, k, v)
+    (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, **env_extra, "PYTHONPATH": str(d / "src"), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    stages = ["evaluate"] if evaluate_only and (d / "models/final").is_dir() else ["prepare", "train", "evaluate"]
+    if "prepare" in stages and faces is not None and faces.is_dir():
+        # the faces do not depend on the CPU or the training seed: rendered once, copied
+        shutil.rmtree(d / "data/faces", ignore_errors=True)
+        shutil.copytree(faces, d / "data/faces")
+        (d / "metrics").mkdir(exist_ok=True)
+        shutil.copyfile(faces.parents[1] / "metrics/prepare.json", d / "metrics/prepare.json")
+        stages.remove("prepare")
+    if patch == "decoders" and "train" in stages:  # a bug in evaluation, not training: the native model
+        shutil.rmtree(d / "models", ignore_errors=True)
+        shutil.copytree(faces.parents[1] / "models/final", d / "models/final")
+        shutil.copyfile(faces.parents[1] / "metrics/train.json", d / "metrics/train.json")
+        stages.remove("train")
+    times = {}
+    for stage in stages:
+        t0 = time.time()
+        r = subprocess.run([sys.executable, __file__, "--stage", stage, "--patch", patch or ""], cwd=d, env=env)
+        times[stage] = round(time.time() - t0, 1)
+        if r.returncode:
+            raise SystemExit(f"{name}: {stage} failed (rc {r.returncode}); see the output above")
+    result = {
+        "variant": name,
+        "env": env_extra,
+        "overrides": overrides,
+        "patch": patch,
+        "seconds": times,
+        "cpu": _cpu(),
+        "eval": json.loads((d / "metrics/eval.json").read_text()),
+        "train": json.loads((d / "metrics/train.json").read_text()),
+    }
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"== {name}: {times}", flush=True)
+    return result
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work", type=Path, default=Path("/tmp/ci-spread"))
+    p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--evaluate-only", action="store_true", help="re-score the trained models in --work")
+    p.add_argument("--stage", help=argparse.SUPPRESS)
+    p.add_argument("--patch", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.stage:
+        return _stage(args.patch or None, args.stage)
+    faces = args.work / "isa-native" / "data" / "faces"
+    for name in args.variants:
+        run_variant(name, args.work, faces if name != "isa-native" else None, args.evaluate_only)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
