@@ -1,4 +1,6 @@
 import os
+import subprocess
+from contextlib import contextmanager
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -13,6 +15,40 @@ def mlflow_store(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(root))
     return root
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """small_disk(size="64k", read_only=False): a folder on a tmpfs of that size (a full disk to
+    write onto, or a read-only file system), unmounted after the test. Needs root and a kernel
+    that allows the mount; the test is skipped, saying why, where it cannot be made."""
+
+    @contextmanager
+    def make(size: str = "64k", read_only: bool = False):
+        if os.geteuid() != 0:
+            pytest.skip("mounting a tmpfs needs root")
+        where = tmp_path / f"disk{len(list(tmp_path.glob('disk*')))}"
+        where.mkdir()
+        opts = f"size={size}" + (",ro" if read_only else "")
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], capture_output=True, text=True)
+        if r.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip() or r.returncode}")
+        try:
+            yield where
+        finally:
+            subprocess.run(["umount", "-l", str(where)], check=False)
+
+    return make
+
+
+def fill(folder) -> None:
+    """Fill `folder`'s file system: one file, `filler`, takes every byte left."""
+    with open(os.path.join(folder, "filler"), "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
 
 
 TINY = {

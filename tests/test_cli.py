@@ -26,7 +26,7 @@ def params(tmp_path, **over) -> Path:
 
 
 def test_every_dvc_stage_is_a_command_of_the_same_name():
-    """The README's one hop: stage X runs `autoswap X`, whose code is X() in src/autoswap/X.py,
+    """docs/ARCHITECTURE.md's one hop: stage X runs `autoswap X`, whose code is X() in src/autoswap/X.py,
     the stage's first dep."""
     parser = cli.build_parser()
     for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
@@ -53,7 +53,8 @@ def test_swap_flags_override_their_keys_and_bad_values_name_the_flag(tmp_path):
 
 @pytest.mark.parametrize("error, rc, line", [
     (OSError(errno.ENOSPC, "No space left on device", "/data/faces/a/00001.png"), 1,
-     "autoswap: /data/faces/a/00001.png: No space left on device; free space or fix permissions, then re-run"),
+     "autoswap: /data/faces/a/00001.png: no space left on the device; free space there (or write elsewhere with "
+     "data.faces_dir in params.yaml) and re-run"),
     (KeyboardInterrupt(), 130, "autoswap: interrupted; re-run the same command to resume"),
     (UserError("data.dir_a: folder not found"), 1, "autoswap: data.dir_a: folder not found"),
 ], ids=["disk-full", "ctrl-c", "user-error"])

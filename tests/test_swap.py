@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import skimage.data
 import yaml
-from conftest import tiny_raw
+from conftest import fill, tiny_raw
 from matplotlib import cbook
 from PIL import Image
 from test_train import random_faces
@@ -308,6 +308,75 @@ def test_bad_inputs_fail_cleanly(params, hopper_jpg, tmp_path, capsys):
     assert swap_cli(params, hopper_jpg, out, "--force") == 0 and out.stat().st_size > 1000
 
 
+# ----------------------------------------------------------------------------- I/O errors
+NO_SPACE = "no space left on the device; free space there (or write elsewhere: another OUTPUT) and re-run"
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    return err[0]
+
+
+def test_swap_onto_a_full_disk_names_the_output_and_leaves_nothing(params, hopper_jpg, small_disk, capsys):
+    with small_disk("64k") as disk:
+        out = disk / "out.jpg"
+        assert swap_cli(params, hopper_jpg, out) == 1
+        assert _one_line(capsys) == f"autoswap: {out}: {NO_SPACE}"
+        assert list(disk.iterdir()) == []
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_c2pa_signing_onto_a_full_disk_is_no_space_left(recorded, params, hopper_jpg, small_disk, capsys,
+                                                        monkeypatch):
+    """The disk fills up between the marked photo and its signed copy, where c2pa says only
+    "asset could not be parsed: JPEG write error": the write's own error, kept (or raised again
+    when the file is closed), says why; without it (`recorded` False), the free space left does."""
+    with small_disk("1m") as disk:
+        sign = M.sign_c2pa
+
+        def fill_then_sign(*args):
+            fill(disk)
+            return sign(*args)
+
+        monkeypatch.setattr(M, "sign_c2pa", fill_then_sign)
+        if not recorded:  # as it happened: c2pa's own error only, and a file that closes cleanly (unbuffered)
+            def unbuffered(self, f):
+                self.f, self.error = open(f.fileno(), "w+b", buffering=0, closefd=False), None
+
+            monkeypatch.setattr(M._Written, "__init__", unbuffered)
+            monkeypatch.setattr(M._Written, "_keep", lambda self, call, *a: call(*a))
+        full, asked = M._disk_full, []
+        monkeypatch.setattr(M, "_disk_full", lambda *a: asked.append(full(*a)) or asked[-1])
+        out = disk / "out.jpg"
+        assert swap_cli(params, hopper_jpg, out) == 1
+        assert _one_line(capsys) == f"autoswap: {out}: {NO_SPACE}"
+        assert [p.name for p in disk.iterdir()] == ["filler"]
+        assert asked == ([] if recorded else [True])  # c2pa's error it was, and the free space said why
+
+
+def test_swap_onto_a_read_only_file_system(params, hopper_jpg, small_disk, capsys):
+    with small_disk("64k", read_only=True) as disk:
+        out = disk / "out.jpg"
+        assert swap_cli(params, hopper_jpg, out) == 1
+        assert _one_line(capsys) == (f"autoswap: {out}: read-only file system; write elsewhere: another OUTPUT "
+                                     "(or remount it read-write) and re-run")
+
+
+def test_a_folder_prints_plain_progress_lines(params, hopper, tmp_path, capfd, monkeypatch):
+    monkeypatch.setenv("AUTOSWAP_PROGRESS_INTERVAL", "0")
+    src = tmp_path / "photos"
+    src.mkdir()
+    Image.fromarray(hopper).save(src / "a.png")
+    Image.fromarray(skimage.data.coffee()).save(src / "b.png")
+    assert main(["--params", str(params), "swap", str(src), str(tmp_path / "out")]) == 0
+    err = capfd.readouterr().err
+    assert "\r" not in err
+    lines = [x for x in err.splitlines() if x.startswith("swap: ")]
+    assert [x.split(",")[0] for x in lines] == ["swap: 1/2 files", "swap: 2/2 files", "swap: 2/2 files"], err
+    assert "ETA" in lines[0] and "done in" in lines[-1]
+
+
 def test_photo_without_a_face_is_copied_unchanged(params, tmp_path, capsys):
     src = tmp_path / "coffee.png"
     Image.fromarray(skimage.data.coffee()).save(src)
@@ -397,6 +466,16 @@ def test_swap_video_keeps_timing_audio_and_faceless_frames(params, model_dir, ho
     assert r["c2pa"]["state"] == "Valid" and r["c2pa"]["actions"] == ["c2pa.opened", "c2pa.edited"]
     assert r["watermark"]["id"] == f"{wm:08x}"
     assert r["watermark"]["frames"] == {"sampled": N, "carrying_id": N - len(NO_FACE)}
+
+
+def test_swap_video_onto_a_full_disk(params, hopper, small_disk, tmp_path, capsys):
+    src = tmp_path / "clip.mp4"
+    _clip(src, hopper)
+    with small_disk("16k") as disk:
+        out = disk / "out.mp4"
+        assert swap_cli(params, src, out) == 1
+        assert _one_line(capsys) == f"autoswap: {out}: {NO_SPACE}"
+        assert list(disk.iterdir()) == []
 
 
 def test_video_output_must_be_mp4_or_mov(params, hopper, tmp_path, capsys):

@@ -319,6 +319,18 @@ def _quiet_tensorflow_start() -> None:
 _TF_COMMANDS = {"train", "evaluate", "preview", "extract", "swap", "demo"}
 
 
+# how each command writes somewhere else, for the one line of an I/O error (disk full, read-only)
+_ELSEWHERE = {
+    "prepare": "write elsewhere with data.faces_dir in params.yaml",
+    "train": "write elsewhere with train.models_dir in params.yaml",
+    "preview": "write elsewhere with preview.out_dir in params.yaml",
+    "extract": "write elsewhere with --out",
+    "swap": "write elsewhere: another OUTPUT",
+    "demo": "write elsewhere with swap.demo.out_dir in params.yaml",
+    "compare": "write elsewhere with --out",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     # TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) hides the lines that matter
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -338,9 +350,10 @@ def main(argv: list[str] | None = None) -> int:
         print("autoswap: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
     except OSError as e:
-        # disk full, permissions: name the file, no traceback
-        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-        print(f"autoswap: {where}{e.strerror or e}; free space or fix permissions, then re-run", file=sys.stderr)
+        # disk full, permission denied, read-only: name the file and what to do, no traceback
+        from autoswap.errors import os_error_line
+
+        print(f"autoswap: {os_error_line(e, _ELSEWHERE.get(args.command, 'write elsewhere'))}", file=sys.stderr)
         return 1
     return rc or 0
 

@@ -42,6 +42,7 @@ from autoswap.files import (
     is_inside,
     mark_output_dir,
     output_owner,
+    save_png,
 )
 from autoswap.images import IMAGE_SUFFIXES, BadImage, load_rgb
 from autoswap.progress import Progress
@@ -235,8 +236,6 @@ def extract_to_dir(inputs: list[Path], out_dir: Path, cfg: ExtractSettings, face
     are listed once under no_face / low_confidence / too_small; blurry and duplicate are per face. Raises UserError when no face at all is kept (unless allow_empty).
 
     `progress`: a bar named `desc` on a terminal, plain lines otherwise (autoswap.progress)."""
-    from PIL import Image
-
     out_dir = Path(out_dir)
     check_output_dir(out_dir, where)
     dropped: dict[str, list[str]] = {r: [] for r in DROP_REASONS}
@@ -296,8 +295,8 @@ def extract_to_dir(inputs: list[Path], out_dir: Path, cfg: ExtractSettings, face
                         continue
                     hashes.add(h)
                     name = f"{names[path]}_{frame:06d}_{k}"
-                    Image.fromarray(crop).save(out_dir / f"{name}.png")
-                    Image.fromarray(mask).save(out_dir / MASKS / f"{name}.png")
+                    save_png(crop, out_dir / f"{name}.png")
+                    save_png(mask, out_dir / MASKS / f"{name}.png")
                     manifest.append(json.dumps(_row(name, path, frame, time_s, k, rgb.shape, face,
                                                    affine, lm_crop, blur, h, angle)) + "\n")
                     kept += 1

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from autoswap.errors import UserError
+from autoswap.errors import UserError, naming
 
 MARKER = ".autoswap-output"  # first line: the stage whose output the folder is
 ALWAYS_INPUTS = (Path("data/raw"),)  # the user's data, whatever params.yaml says
@@ -34,10 +34,38 @@ def atomic_write_text(path: Path, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # a full disk, say: named as `path`, not the temporary name
+        discard(tmp)
+        raise naming(e, path, tmp) from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def discard(path: Path) -> None:
+    """Remove what a failed write left at `path`, if anything (on a read-only file system even a
+    file that is not there cannot be removed: that error is not the one to report)."""
+    try:
+        Path(path).unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def save_png(a, path: Path) -> None:
+    """An image array as PNG, straight to `path` (for the many files of one output folder, which
+    a manifest or DVC records once all are written): on a full disk no half-written file is left,
+    and the error names it."""
+    from PIL import Image
+
+    path = Path(path)
+    try:
+        Image.fromarray(a).save(path, format="PNG")
+    except BaseException as e:
+        discard(path)
+        if isinstance(e, OSError):
+            raise naming(e, path) from None
+        raise
 
 
 def fsync_dir(folder: Path) -> None:
@@ -77,8 +105,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
         finally:
             os.close(fd)
         os.replace(tmp, path)
+    except OSError as e:
+        discard(tmp)
+        raise naming(e, path, tmp) from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
         raise
     fsync_dir(path.parent)
 

@@ -28,6 +28,7 @@ None of the three can be switched off: `swap` always writes them.
 from __future__ import annotations
 
 import datetime
+import errno
 import hashlib
 import json
 import os
@@ -45,7 +46,8 @@ from typing import Any
 import numpy as np
 
 from autoswap import __version__
-from autoswap.errors import UserError
+from autoswap.errors import UserError, naming
+from autoswap.files import discard
 from autoswap.watermark import WM_ID_BITS, detect_watermark, detect_watermark_frames, embed_watermark
 
 GENERATOR = "autoswap"
@@ -96,8 +98,11 @@ def _atomic_write_bytes(path: Path, data: bytes, mode: int = 0o666) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         _publish(tmp, path)
+    except OSError as e:
+        discard(tmp)
+        raise naming(e, path, tmp) from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
         raise
 
 
@@ -195,8 +200,11 @@ def save_image(path: Path, rgb: np.ndarray, fmt: str, wm_id: int, run_id: str | 
     try:
         img.save(tmp, fmt, **kw)  # PIL opens it itself (TIFF with libtiff needs a real file)
         _publish(tmp, path)
+    except OSError as e:
+        discard(tmp)
+        raise naming(e, path, tmp) from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
         raise
 
 
@@ -491,15 +499,64 @@ def sign_c2pa(signer: C2paSigner, src: Path, dst: Path, mime: str, parent: Path,
     import c2pa
 
     manifest = c2pa_manifest(dst.name, wm_id, run_id)
+    out = None
     try:
         with c2pa.Builder(manifest) as b:
             ingredient = {"title": parent.name, "relationship": "parentOf", "label": "input"}
             with open(parent, "rb") as p:
                 b.add_ingredient(ingredient, parent_mime or "application/octet-stream", p)
             with open(src, "rb") as s, open(dst, "w+b") as d:
-                b.sign(signer.signer(), mime, s, d)
+                out = _Written(d)
+                b.sign(signer.signer(), mime, s, out)
     except c2pa.C2paError as e:
-        raise UserError(f"{dst}: C2PA signing failed ({str(e).splitlines()[0]})") from None
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if out is not None and out.error is not None:  # c2pa says only "JPEG write error"
+            raise naming(out.error, dst) from None
+        if "write" in why.lower() and _disk_full(dst, src):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst)) from None
+        raise UserError(f"{dst}: C2PA signing failed ({why})") from None
+    except OSError as e:  # a full disk when the file is closed
+        raise naming(e, dst) from None
+
+
+class _Written:
+    """The file c2pa writes the signed copy into, keeping the OSError of a write that failed:
+    c2pa turns it into "asset could not be parsed: JPEG write error"."""
+
+    def __init__(self, f) -> None:
+        self.f, self.error = f, None
+
+    def _keep(self, call, *args):
+        try:
+            return call(*args)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def write(self, data):
+        return self._keep(self.f.write, data)
+
+    def flush(self):
+        return self._keep(self.f.flush)
+
+    def read(self, *args):
+        return self.f.read(*args)
+
+    def seek(self, *args):
+        return self.f.seek(*args)
+
+    def tell(self):
+        return self.f.tell()
+
+
+def _disk_full(dst: Path, src: Path) -> bool:
+    """Whether `dst`'s file system has no room left for a signed copy of `src` (about its size)."""
+    try:
+        st = os.statvfs(Path(dst).parent)
+        need = Path(src).stat().st_size + (64 << 10)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < need
 
 
 def read_c2pa(path: Path) -> dict:
@@ -671,6 +728,9 @@ def copy_unmarked(src: Path, dst: Path) -> None:
     try:
         shutil.copyfile(src, tmp)
         _publish(tmp, dst)
+    except OSError as e:
+        discard(tmp)
+        raise naming(e, dst, tmp) from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
         raise

@@ -26,7 +26,7 @@ from PIL import Image
 
 from autoswap.config import Settings
 from autoswap.errors import UserError
-from autoswap.files import atomic_write_json, fresh_output_dir
+from autoswap.files import atomic_write_json, fresh_output_dir, save_png
 from autoswap.images import BadImage, list_images, load_rgb
 from autoswap.progress import Progress
 
@@ -79,7 +79,7 @@ def _write_split(settings: Settings, side: str, faces: list, dst: Path, dropped:
         (dst / split).mkdir(parents=True, exist_ok=True)
         for i in idx:
             _, a = faces[i]  # already data.face_size square (_aligned_folder resized it once)
-            Image.fromarray(a).save(dst / split / f"{i:05d}.png")
+            save_png(a, dst / split / f"{i:05d}.png")
     return {
         "files": n_files,
         "kept": len(faces),

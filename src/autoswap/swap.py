@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from autoswap.config import ExtractSettings, Settings, SwapSettings
-from autoswap.errors import UserError
+from autoswap.errors import UserError, naming
 from autoswap.faces import FaceTracker
 from autoswap.files import is_inside
 from autoswap.progress import Progress
@@ -435,7 +435,24 @@ class SwapRun:
 
     def file(self, src: Path, dst: Path) -> dict:
         dst.parent.mkdir(parents=True, exist_ok=True)
-        return self.image(src, dst) if _kind(src) == "image" else self.video(src, dst)
+        try:
+            return self.image(src, dst) if _kind(src) == "image" else self.video(src, dst)
+        except OSError as e:  # disk full, read-only: about `dst`, not the temporary names it is made under
+            if _temporary(e.filename, dst):
+                raise naming(e, dst, e.filename) from None
+            raise
+
+
+def _temporary(name, dst: Path) -> bool:
+    """Whether `name` is no file, or one of the hidden temporary names `dst` is written under
+    in its folder (`.autoswap-*/...`, `.NAME.*.tmp`)."""
+    if not name:
+        return True
+    try:
+        rel = Path(os.fsdecode(name)).resolve().relative_to(dst.parent.resolve())
+    except (ValueError, OSError, TypeError):
+        return False
+    return bool(rel.parts) and rel.parts[0].startswith(".")
 
 
 def _plan(src: Path, dst: Path, force: bool) -> tuple[list[tuple[Path, Path]], list[str]]:

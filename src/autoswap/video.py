@@ -8,7 +8,9 @@ each frame's own timestamp, so variable-frame-rate video samples correctly at a 
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -202,6 +204,10 @@ def _out_frame(decoded, rgb, pix_fmt: str, pts, tb):
     return out_frame
 
 
+# what a failed write of the output says (disk full, quota, no write access): errors of dst, not src
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 def transcode(
     src: Path,
     dst: Path,
@@ -302,6 +308,8 @@ def transcode(
                         bar.update(1)
             except av.error.FFmpegError as e:
                 bar.close(failed=True)
+                if getattr(e, "errno", None) in _WRITE_ERRNOS:  # writing dst: a full disk, not a bad video
+                    raise OSError(e.errno, os.strerror(e.errno), str(dst)) from None
                 raise BadVideo(f"decoding failed after frame {index} ({_why(e)})") from None
             except BaseException:
                 bar.close(failed=True)
