@@ -263,7 +263,7 @@ def browse(base: str, exp_id: str, runs: dict, out: Path) -> None:
         lines = wait.until(loss_a_lines)
         assert len(lines) == 2  # two learning rates, two curves
 
-        # the picture for the README: the loss charts only, the assistant side panel closed
+        # the picture for docs/EXPERIMENTS_AND_MLFLOW.md: the loss charts only, the assistant side panel closed
         for b in driver.find_elements(By.CSS_SELECTOR, 'button[aria-label="Close"]'):
             if b.is_displayed():
                 b.click()

@@ -26,7 +26,7 @@ feature, and its block grid is tied to the pixel grid, so it does not survive a 
   CRC must match as well (1 in 65,536). Marked photos of 300 px and more read 0.5-1.0 after a
   JPEG q75 re-encode or a 0.5x resize.
 - Cost: 49 dB PSNR (an RMS change under one grey level, at most ~6 levels); the numbers are in
-  README (Marking) and come from bench/swap.py.
+  docs/MARKS.md and come from bench/swap.py.
 - Limits: the ID lives at a fixed resolution (a 256 px canvas), so images under ~200 px on their
   short side (or resized below that), or mostly pure black/white (nothing to modulate), may lose
   it; a crop, a rotation or a mirror image loses it.
