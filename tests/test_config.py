@@ -125,3 +125,34 @@ def test_cli_reports_config_error_in_one_line_exit_2(tmp_path):
     assert "Traceback" not in r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("autoswap:")]
     assert len(lines) == 1 and "train.learning_rte" in lines[0]
+
+
+def test_own_data_recipe_applies_to_folders_only():
+    """params.yaml's own_data is what "two folders, data.source: folders, dvc repro" trains: set
+    over the sections with data.source folders, ignored by the synthetic demo."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert raw["own_data"], "params.yaml carries the own-data recipe"
+    demo = config.parse(raw)
+    raw["data"]["source"] = "folders"
+    own = config.parse(raw)
+    for dotted, value in raw["own_data"].items():
+        node = own
+        for k in dotted.split("."):
+            node = getattr(node, k)
+        assert node == value, dotted
+    assert own.model.width != demo.model.width and own.train.steps != demo.train.steps
+    assert demo.model.width == raw["model"]["width"] and demo.train.steps == raw["train"]["steps"]
+    assert own.data.source == "folders" and own.seed == demo.seed
+
+
+@pytest.mark.parametrize(("own", "message"), [
+    ({"train.stepz": 10}, "with own_data applied: unknown key 'train.stepz'"),
+    ({"model.width": -1}, "with own_data applied: key 'model.width'"),
+    ({"seed.x": 1}, "key 'own_data.seed.x': seed is not a section"),
+])
+def test_a_bad_own_data_key_is_one_line_naming_it_even_on_the_demo(tmp_path, own, message):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["own_data"] = own  # data.source stays synthetic: a typo shows before anyone trains on photos
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")) as e:
+        config.load(write(tmp_path, yaml.safe_dump(raw)))
+    assert "\n" not in str(e.value)

@@ -1,5 +1,6 @@
 import csv
 import json
+import os
 
 import mlflow
 import numpy as np
@@ -817,7 +818,47 @@ def test_bfloat16_and_threads_auto_resolve_from_the_machine():
     assert T.cpu_has_bf16("flags\t\t: fpu avx2 amx_bf16 amx_tile\n")
     assert not T.cpu_has_bf16("flags\t\t: fpu avx2 avx512f avx512_vnni\nbugs\t\t: amx_bf16\n")
     t = Settings().train
-    assert T.mixed_precision(t) is False and T.mixed_precision(t.model_copy(update={"mixed_precision": True}))
-    assert T.mixed_precision(t.model_copy(update={"mixed_precision": "auto"})) == T.cpu_has_bf16()  # no GPU here
+    assert T.mixed_precision(t) is False
+    runs = T.bf16_probe() is None  # this machine's kernels run bfloat16
+    assert T.mixed_precision(t.model_copy(update={"mixed_precision": "auto"})) == (
+        T.cpu_has_bf16() and T.isa_allows_bf16() and runs)  # no GPU here
     assert T.intra_op_threads(t) == max(1, len(os.sched_getaffinity(0)) - 1)
     assert T.intra_op_threads(t.model_copy(update={"intra_op_threads": 3})) == 3
+
+
+def test_bfloat16_auto_follows_what_the_kernels_can_do(monkeypatch):
+    """A machine (or a run with oneDNN capped below AVX512_CORE_BF16) whose kernels cannot run
+    bfloat16 gets float32 from auto, not a crash in the first step; `true` there is a one-line
+    error naming the key. Checked in fresh interpreters with the real kernels capped to AVX2,
+    where a bfloat16 convolution fails ("could not create a primitive descriptor")."""
+    import subprocess
+    import sys
+
+    from autoswap.config import Settings
+
+    code = (
+        "from autoswap import train as T\n"
+        "from autoswap.config import Settings\n"
+        "from autoswap.errors import UserError\n"
+        "t = Settings().train\n"
+        "print('probe', T.bf16_probe() is None)\n"
+        "print('auto', T.mixed_precision(t.model_copy(update={'mixed_precision': 'auto'})))\n"
+        "try:\n"
+        "    print('true', T.mixed_precision(t.model_copy(update={'mixed_precision': True})))\n"
+        "except UserError as e:\n"
+        "    print('error', str(e))\n"
+    )
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120).stdout
+    lines = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+    assert lines["probe"] == "False", out  # AVX2 kernels have no bfloat16 convolution
+    assert lines["auto"] == "False", out
+    assert lines["error"].startswith("train.mixed_precision: true, but bfloat16 does not run on this machine")
+    assert "set it to auto or false" in lines["error"] and "\n" not in lines["error"]
+    # caps below the bfloat16 instructions turn auto off before any kernel runs
+    assert not T.isa_allows_bf16("AVX512_CORE") and not T.isa_allows_bf16("avx2")
+    assert T.isa_allows_bf16("") and T.isa_allows_bf16("AVX512_CORE_AMX") and T.isa_allows_bf16("avx512_core_bf16")
+    # and where the probe fails, auto is float32 whatever the flags say
+    monkeypatch.setattr(T, "bf16_probe", lambda: "no bfloat16 kernel")
+    monkeypatch.setattr(T, "cpu_has_bf16", lambda cpuinfo=None: True)
+    assert T.mixed_precision(Settings().train.model_copy(update={"mixed_precision": "auto"})) is False

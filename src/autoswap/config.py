@@ -362,6 +362,10 @@ class SwapSettings(_Section):
     mask_feather: float = Field(0.08, ge=0, le=0.5, **_flag("feather", "mask feather, fraction of the face"))
     color: Literal["none", "mean_std", "histogram"] = Field("mean_std", **_flag("color", "LAB colour transfer"))
     poisson: bool = Field(False, **_flag("poisson", "OpenCV seamlessClone before the feathered blend"))
+    # faceswap's convert "sharpen" (scaling) step: an unsharp mask on the new face once it is warped
+    # to the frame's size, where a 64 px output enlarged into a bigger face is soft
+    sharpen: float = Field(0.0, ge=0, le=3, **_flag("sharpen", "unsharp-mask amount on the new face, 0 = off"))
+    sharpen_radius: float = Field(0.01, gt=0, le=0.1, **_flag("sharpen-radius", "unsharp-mask radius, fraction of the face"))
     smooth: float = Field(0.5, ge=0, lt=1, **_flag("smooth", "video landmark smoothing 0..0.99, 0 = off"))
     crf: int = Field(18, ge=0, le=51, **_flag("crf", "H.264 quality 0 (lossless) .. 51"))
     preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = "veryfast"

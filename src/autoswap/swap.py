@@ -261,6 +261,11 @@ class Swapper:
         if not (m > 0).any():
             return
         roi = frame[y0:y1, x0:x1]
+        if self.cfg.sharpen > 0:
+            # unsharp mask at the frame's scale: sigma is a fraction of the face's size there
+            face_px = g.face_size / float(np.sqrt(abs(np.linalg.det(affine[:, :2]))))
+            soft = cv2.GaussianBlur(face, (0, 0), max(0.5, self.cfg.sharpen_radius * face_px))
+            face = face + self.cfg.sharpen * (face - soft)
         face = np.clip(face * 255.0, 0, 255)
         if self.cfg.poisson:
             face = _poisson(face, roi, m)
