@@ -100,3 +100,56 @@ def test_the_arguments_are_optional():
     """CI calls `python .ci/check_metrics.py` with no argument: ./metrics against git HEAD's."""
     r = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "--committed" in r.stdout and "default: git HEAD" in r.stdout
+
+
+SPREAD = REPO / "bench" / "results" / "ci_spread"
+
+
+def _fresh_from(tmp_path, record: Path) -> Path:
+    """A project folder whose metrics are those a bench/ci_spread.py run recorded."""
+    r = json.loads(record.read_text())
+    fresh = tmp_path / record.stem
+    (fresh / "metrics").mkdir(parents=True)
+    (fresh / "metrics" / "eval.json").write_text(json.dumps(r["eval"], indent=2))
+    (fresh / "metrics" / "train.json").write_text(json.dumps(r["train"], indent=2))
+    return fresh
+
+
+def _records(kind: str) -> list[Path]:
+    out = []
+    for f in sorted(SPREAD.glob("*.json")):
+        if bool(json.loads(f.read_text()).get("patch")) == (kind == "regression"):
+            out.append(f)
+    return out
+
+
+@pytest.mark.parametrize("record", _records("regression"), ids=lambda p: p.stem)
+def test_each_deliberate_regression_fails_the_check(dirs, tmp_path, record):
+    """A broken warp, swapped decoders and a zeroed learning rate, each run once through the
+    demo (bench/ci_spread.py), must not pass as another CPU's rounding."""
+    committed, _ = dirs
+    r = check(committed, _fresh_from(tmp_path, record))
+    assert r.returncode == 1, r.stdout
+    assert "metrics wrong or moved beyond tolerance" in r.stdout
+
+
+@pytest.mark.parametrize("record", _records("spread"), ids=lambda p: p.stem)
+def test_every_measured_cpu_path_precision_and_seed_passes(dirs, tmp_path, record):
+    """The demo as it came out with oneDNN capped to each ISA, in float32 and with other seeds
+    passes against the committed metrics: the tolerances cover what they were measured on."""
+    committed, _ = dirs
+    r = check(committed, _fresh_from(tmp_path, record))
+    assert r.returncode == 0, r.stdout
+
+
+def test_the_spread_covers_the_isas_precisions_seeds_and_regressions():
+    names = {p.stem for p in SPREAD.glob("*.json")}
+    assert {"isa-native", "isa-avx512_core", "isa-avx2", "fp32", "seed-1", "seed-2"} <= names
+    assert {"regression-warp", "regression-decoders", "regression-lr0"} <= names
+    tols = json.loads((REPO / ".ci" / "tolerances.json").read_text())
+    assert tols["safety_factor"] >= 1.5 and len(tols["runs"]) >= 6
+    # every committed metric has a measured tolerance, and most are compared, not waved through
+    ev = json.loads((REPO / "metrics/eval.json").read_text())
+    keys = [f"metrics/eval.json:{p}.{k}" for p in ev for k in ev[p]]
+    assert all(k in tols["keys"] for k in keys)
+    assert sum(tols["keys"][k]["check"] == "compare" for k in keys) > 0.75 * len(keys)
