@@ -18,6 +18,7 @@ changed:
     python bench/ci_spread.py --work /work/exp/spread                 # every variant
     python bench/ci_spread.py --work /work/exp/spread --variants isa-avx2 seed-1
     python bench/ci_spread.py --work /work/exp/spread --evaluate-only   # re-score trained models
+    python bench/ci_spread.py --tolerances     # .ci/tolerances.json from bench/results/ci_spread/
 
 Writes bench/results/ci_spread/<variant>.json (eval and train metrics, the ISA, the wall time).
 A variant already trained in --work is only evaluated again. About 4 to 6 minutes a variant on
@@ -166,16 +167,89 @@ def _cpu() -> str:
     return "unknown"
 
 
+# Tolerance = SAFETY x the widest spread measured (the largest difference between any two runs that
+# differ only by CPU code path, precision or seed). Seven runs show only part of the true range
+# of a key, so the widest seen is doubled. A share of faces whose tolerance would exceed
+# SHARE_LIMIT (8 of 32 faces) says too little to compare: it is checked through the margins only.
+SAFETY = 2.0
+FLOOR = 1e-4
+SHARE_LIMIT = 0.25
+SHARES = ("id_transfer", "photo_found", "photo_input_found", "photo_found_ratio")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def tolerances(results: Path = OUT, extra: dict | None = None) -> dict:
+    """Per metric key: the runs' spread and the tolerance from it (see SAFETY)."""
+    runs = {}
+    for f in sorted(results.glob("*.json")):
+        r = json.loads(f.read_text())
+        if r.get("patch"):
+            continue  # a deliberate regression: what the check must catch, not tolerate
+        runs[r["variant"]] = {**{f"metrics/eval.json:{k}": v for k, v in _flat(r["eval"]).items()},
+                              **{f"metrics/train.json:{k}": v for k, v in _flat(r["train"]).items()}}
+    runs.update(extra or {})
+    keys = sorted(set().union(*runs.values()))
+    out = {}
+    for k in keys:
+        vals = [float(v[k]) for v in runs.values() if isinstance(v.get(k), int | float)]
+        spread = max(vals) - min(vals) if vals else 0.0
+        tol = max(SAFETY * spread, FLOOR) if not k.endswith(":steps") else 0.0
+        share = k.endswith(SHARES)
+        out[k] = {"spread": round(spread, 6), "runs": len(vals), "min": round(min(vals), 6), "max": round(max(vals), 6),
+                  "tol": round(tol, 6), "check": "margins" if share and tol > SHARE_LIMIT else "compare"}
+    return {"safety_factor": SAFETY, "floor": FLOOR, "share_limit": SHARE_LIMIT, "runs": sorted(runs),
+            "made_by": "python bench/ci_spread.py --tolerances", "keys": out}
+
+
+def table(results: Path = OUT, committed: Path = ROOT / "metrics") -> str:
+    """docs/METRICS_SPREAD.md's table: every key, its value in each run, spread and tolerance."""
+    recs = {json.loads(f.read_text())["variant"]: json.loads(f.read_text()) for f in sorted(results.glob("*.json"))}
+    order = [n for n in VARIANTS if n in recs]
+    tol = json.loads((ROOT / ".ci" / "tolerances.json").read_text())["keys"]
+    ev = json.loads((committed / "eval.json").read_text())
+    head = "| key | committed | " + " | ".join(order) + " | spread | tolerance |"
+    rows = [head, "|" + "---|" * (len(order) + 4)]
+    for p in ("a", "b"):
+        for k in ev[p]:
+            key = f"metrics/eval.json:{p}.{k}"
+            t = tol.get(key, {})
+            vals = [recs[n]["eval"].get(p, {}).get(k) for n in order]
+            cells = [f"{v:.4g}" if isinstance(v, int | float) else "-" for v in vals]
+            check = "margins only" if t.get("check") == "margins" else f"{t.get('tol', float('nan')):.3g}"
+            rows.append(f"| {p}.{k} | {ev[p][k]:.4g} | " + " | ".join(cells) + f" | {t.get('spread', float('nan')):.3g} | {check} |")
+    return "\n".join(rows) + "\n"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, default=Path("/tmp/ci-spread"))
     p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--evaluate-only", action="store_true", help="re-score the trained models in --work")
+    p.add_argument("--tolerances", action="store_true",
+                   help="write .ci/tolerances.json from the runs in bench/results/ci_spread/")
+    p.add_argument("--table", action="store_true", help="print docs/METRICS_SPREAD.md's table")
     p.add_argument("--stage", help=argparse.SUPPRESS)
     p.add_argument("--patch", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.stage:
         return _stage(args.patch or None, args.stage)
+    if args.table:
+        print(table(), end="")
+        return 0
+    if args.tolerances:
+        t = tolerances()
+        (ROOT / ".ci" / "tolerances.json").write_text(json.dumps(t, indent=2) + "\n")
+        print(f"wrote .ci/tolerances.json: {len(t['keys'])} keys from {len(t['runs'])} runs")
+        return 0
     faces = args.work / "isa-native" / "data" / "faces"
     for name in args.variants:
         run_variant(name, args.work, faces if name != "isa-native" else None, args.evaluate_only)

@@ -70,11 +70,17 @@ def test_dvc_repro_end_to_end(project):
     assert len(list((d / "data/faces/b/val_gt").glob("*.png"))) == 4
     ev = json.loads((d / "metrics/eval.json").read_text())
     assert {"recon_mae", "recon_psnr", "recon_ssim", "swap_mae", "identity_swap_mae", "cycle_mae"} <= set(ev["a"])
+    # the swapped photo itself: every validation face swapped in its rendered frame and scored
+    assert ev["a"]["photo_n"] == 4 and 0 <= ev["a"]["photo_found"] <= 1
     assert (d / "previews/swap_grid.png").stat().st_size > 1000 and (d / "previews/loss.png").is_file()
+    assert (d / "previews/photo_swaps.png").stat().st_size > 1000
     lock = yaml.safe_load((d / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"prepare", "train", "evaluate", "preview", "demo"}
     verify = json.loads((d / "swaps/verify.json").read_text())
     assert verify, "the demo stage verified its outputs"
+    # the showcase (validation faces swapped in their frames) is marked like every swap
+    shown = verify["verify"]["showcase.png"]
+    assert shown["watermark"]["found"] and shown["metadata"]["found"] and shown["c2pa"]["state"] == "Valid"
     # the MLflow run in the project's own store: metrics, preview artifact, weights
     client = mlflow.MlflowClient(f"sqlite:///{d / 'mlruns' / 'mlflow.db'}")
     run = client.get_run(model_run(d / "models/final")[0])

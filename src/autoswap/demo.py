@@ -1,10 +1,13 @@
-"""DVC stage `demo`: the trained model on a real photo (matplotlib's grace_hopper.jpg) and a short
-clip made from it, swapped and marked by `autoswap swap`'s code, the marks verified, and the
-results logged to the model's MLflow run.
+"""DVC stage `demo`: the trained model's showcase, and a check of the machinery on a real photo.
 
-Why a stage: the demo model is trained on rendered cartoon faces, and this is where it meets a
-real photo and a video: it shows the mechanics (finding, alignment, blending, the three marks)
-end to end on every `dvc repro`, and `swaps/verify.json` says whether the marks read back.
+- swaps/showcase.png: validation faces of both people swapped in their own frames (the synthetic
+  demo's rendered frames, or your photos) by `autoswap swap`'s path, beside the originals and,
+  for the synthetic people, what the swap should look like (the same frame rendered as the other
+  person). The model knows both faces here: this is the swap at work. Marked like every swap.
+- swaps/grace_hopper.jpg and a short clip made from it (matplotlib's photo): a check of finding,
+  alignment, blending and the three marks on a real photo and a video, on every `dvc repro`.
+  The demo model has seen only cartoons, so the face it pastes there is a cartoon's.
+  `swaps/verify.json` says whether the marks read back.
 Settings: params.yaml's `swap` section (swap.demo: where the inputs and outputs go, the clip's
 length), `extract` (finding faces) and `data.max_image_pixels`.
 """
@@ -23,6 +26,33 @@ from autoswap.swap import SwapRun
 
 DEMO_PHOTO = "grace_hopper.jpg"
 DEMO_CLIP = "grace_hopper_clip.mp4"
+SHOWCASE = "showcase.png"
+SHOWCASE_FACES = 4  # per person
+
+
+def showcase(settings: Settings, run: SwapRun, input_dir: Path, out: Path) -> dict | None:
+    """swaps/showcase.png (see the module docstring): its unswapped frames are written to
+    input_dir first, as the C2PA manifest's parent. None when there are no frames (aligned crops)."""
+    from autoswap.photoscore import sheet_image, swap_val_photos, val_truths
+
+    groups, originals = [], []
+    for x, y in (("a", "b"), ("b", "a")):
+        rows = swap_val_photos(settings, settings.swap.model, x, SHOWCASE_FACES)
+        truths = val_truths(settings, x)
+        if truths is not None:
+            rows = [(*r, t) for r, t in zip(rows, truths, strict=False)]
+        what = "original, swap, what it should look like" if truths is not None else "original, swap"
+        groups.append((f"{x.upper()} swapped to {y.upper()}: {what}", rows))
+        originals.append((f"{x.upper()}: the originals", [(r[0], r[0], r[2]) for r in rows]))
+    image = sheet_image(groups, per_row=2)
+    if image is None:
+        return None
+    source = input_dir / "showcase_originals.png"
+    sheet_image(originals, per_row=2).save(source)
+    dst = out / SHOWCASE
+    run.marker.write_image(dst, np.asarray(image), "PNG", source)
+    return {"input": str(source), "output": str(dst), "kind": "image", "faces": sum(len(r) for _, r in groups),
+            "status": "swapped"}
 
 
 def make_demo_inputs(folder: Path, frames: int) -> tuple[Path, Path]:
@@ -85,6 +115,9 @@ def demo(settings: Settings, progress: bool = True) -> dict:
                            suggest="swaps")
     photo, clip = make_demo_inputs(d.input_dir, d.frames)
     results = [run.file(photo, out / photo.name), run.file(clip, out / clip.name)]
+    shown = showcase(settings, run, d.input_dir, out)
+    if shown is not None:
+        results.insert(0, shown)
     registry = key_dir(settings.swap.key_dir)
     checks = {Path(r["output"]).name: verify(Path(r["output"]), registry) for r in results}
     report = {"model": str(settings.swap.model), "to": settings.swap.to, "watermark_id": f"{run.marker.wm_id:08x}",

@@ -158,42 +158,50 @@ def score_pairs(pairs: list, target: np.ndarray | None, source: np.ndarray | Non
     return m
 
 
-def sheet(groups: list[tuple[str, list]], out_path, per_row: int = 4, height: int = 160) -> None:
-    """A picture of originals beside their swaps, one block per (title, pairs) group: each pair
-    cropped around the face (twice its box) and scaled to `height` px, original left, swap
-    right, `per_row` pairs a row."""
+def sheet_image(groups: list[tuple[str, list]], per_row: int = 4, height: int = 160):
+    """A PIL picture of originals beside their swaps, one block per (title, rows) group. Each row
+    is (original, swapped, landmarks) or (original, swapped, landmarks, truth): cropped around
+    the face (twice its box), scaled to `height` px and laid left to right (original, swap, and
+    the truth where given), `per_row` rows a line. None when there is nothing to draw."""
     from PIL import Image, ImageDraw
 
     blocks = []
-    for title, pairs in groups:
+    for title, rows in groups:
         tiles = []
-        for orig, swapped, lm in pairs:
+        for orig, swapped, lm, *truth in rows:
             x0, y0, x1, y1 = known_box(lm)
             cx, cy, r = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0)
             box = (int(cx - r), int(cy - r), int(cx + r), int(cy + r))
-            pair = [Image.fromarray(np.ascontiguousarray(im[..., :3])).crop(box).resize((height, height), Image.Resampling.LANCZOS)
-                    for im in (orig, swapped)]
-            t = Image.new("RGB", (2 * height + 4, height), "white")
-            t.paste(pair[0], (0, 0))
-            t.paste(pair[1], (height + 4, 0))
+            ims = [Image.fromarray(np.ascontiguousarray(im[..., :3])).crop(box).resize((height, height), Image.Resampling.LANCZOS)
+                   for im in (orig, swapped, *truth)]
+            t = Image.new("RGB", (len(ims) * (height + 4) - 4, height), "white")
+            for i, im in enumerate(ims):
+                t.paste(im, (i * (height + 4), 0))
             tiles.append(t)
         if not tiles:
             continue
         w, h = tiles[0].size
-        rows = -(-len(tiles) // per_row)
-        block = Image.new("RGB", (per_row * (w + 8), 20 + rows * (h + 8)), "white")
+        lines = -(-len(tiles) // per_row)
+        block = Image.new("RGB", (per_row * (w + 8), 20 + lines * (h + 8)), "white")
         ImageDraw.Draw(block).text((4, 4), title, fill="black")
         for i, t in enumerate(tiles):
             block.paste(t, ((i % per_row) * (w + 8), 20 + (i // per_row) * (h + 8)))
         blocks.append(block)
     if not blocks:
-        return
+        return None
     canvas = Image.new("RGB", (max(b.width for b in blocks), sum(b.height for b in blocks)), "white")
     y = 0
     for b in blocks:
         canvas.paste(b, (0, y))
         y += b.height
-    canvas.save(out_path)
+    return canvas
+
+
+def sheet(groups: list[tuple[str, list]], out_path, per_row: int = 4, height: int = 160) -> None:
+    """sheet_image, saved to `out_path` (nothing written when there is nothing to draw)."""
+    im = sheet_image(groups, per_row, height)
+    if im is not None:
+        im.save(out_path)
 
 
 def val_frames(settings, person: str) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -269,3 +277,14 @@ def swap_val_photos(settings, model_dir, person: str, limit: int | None = None) 
     other = "b" if person == "a" else "a"
     swapper = Swapper(FaceSwapModel(model_dir, to=other), settings.swap, settings.extract)
     return [(rgb, swapper.swap(rgb, [lm]), lm) for rgb, lm in frames]
+
+
+def val_truths(settings, person: str) -> list[np.ndarray] | None:
+    """The synthetic set's ground truth for `person`'s validation frames (each rendered as the
+    other person, in val_frames' order), or None where the data set has none (your photos)."""
+    from autoswap.images import load_rgb
+
+    root = settings.data.faces_dir / person
+    if settings.data.source != "synthetic" or not (root / "val_gt").is_dir():
+        return None
+    return [load_rgb(root / "val_gt" / f.name) for f in sorted((root / "val").glob("*.png"))]
