@@ -18,7 +18,9 @@ changing one step at a time, and each variant is scored on the photos as evaluat
     python bench/photo_losses.py --project /work/exp/spread/isa-native --name demo
     python bench/photo_losses.py --project /work/exp/real1/project --name real_pair
 
-Writes bench/results/photo_losses_<name>.json. Seconds to a minute a variant on 2 cores.
+Writes bench/results/photo_losses_<name>.json, and logs each variant as an MLflow run of the
+project's store (experiment autoswap-convert-trials, tagged with the model's training run).
+Seconds to a minute a variant on 2 cores.
 """
 
 from __future__ import annotations
@@ -42,6 +44,24 @@ VARIANTS = {
     "resample only": {"_network": "identity"},
     "reconstruction": {"_network": "own decoder"},
 }
+
+
+def _log_trial(name: str, over: dict, network: str | None, res: dict, model_dir: Path) -> None:
+    """Each variant as an MLflow run of the project's store (experiment autoswap-convert-trials),
+    tagged with the training run it converts with, so trials sit beside the model in the UI."""
+    import mlflow
+
+    from autoswap import tracking
+
+    model_run = tracking.model_run(model_dir)
+    if model_run is None:
+        return
+    run_id, _ = model_run
+    exp = tracking.setup("autoswap-convert-trials")  # the project's store, its artifact root
+    with mlflow.start_run(experiment_id=exp, run_name=name, tags={"autoswap.parent_run": run_id, "autoswap.network": network or "trained"}):
+        mlflow.log_params({f"swap.{k}": v for k, v in over.items()})
+        mlflow.log_metrics({f"{d}.{k}": v for d, m in res.items() for k, v in m.items()
+                            if isinstance(v, int | float) and v == v})
 
 
 def main() -> int:
@@ -90,6 +110,7 @@ def main() -> int:
             swap.FaceSwapModel.__call__, swap.FaceSwapModel.__init__ = call, init
         out["variants"][name] = res
         print(name, json.dumps(res), flush=True)
+        _log_trial(name, over, network, res, model_dir)
     dst = ROOT / "bench" / "results" / f"photo_losses_{args.name}.json"
     dst.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {dst}")
