@@ -29,7 +29,8 @@ def two_runs(mlflow_store):
         {"train.learning_rate": "5e-05", "train.warp.schedule": "constant", "train.steps": "30", "model.width": "0.125"},
         [(0.30, 0.31), (0.25, 0.26), (0.21, 0.22)],
         {"eval.a.swap_mae": 0.111, "eval.b.swap_mae": 0.122, "eval.a.recon_mae": 0.05, "eval.b.recon_mae": 0.06,
-         "eval.a.id_transfer": 0.75, "eval.b.id_transfer": 0.5},
+         "eval.a.id_transfer": 0.75, "eval.b.id_transfer": 0.5,
+         "eval.a.photo_id_transfer": 0.625, "eval.a.photo_sharpness_kept": 0.4375},
     )
     fast = make_run(
         "quiet-elk", None,
@@ -62,6 +63,9 @@ def test_compare_lists_runs_with_params_and_metrics_and_writes_png(two_runs, tmp
     assert head.index("swap_mae_b") < head.index("id_transfer_a") < head.index("id_transfer_b")
     assert rows[slow]["metrics"]["id_transfer_a"] == pytest.approx(0.75)
     assert "id_transfer_a" not in rows[fast]["metrics"]
+    # the swapped photo's scores sit beside the crop's, named apart
+    assert head.index("id_transfer_b") < head.index("photo_id_transfer_a") < head.index("photo_sharpness_a")
+    assert rows[slow]["metrics"]["photo_id_transfer_a"] == pytest.approx(0.625) and "0.4375" in slow_line
     fast_line = next(line for line in lines if "quiet-elk" in line)
     for cell in ("0.0005", "off_after", "ssim", "0.0900"):
         assert cell in fast_line

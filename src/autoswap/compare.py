@@ -34,6 +34,13 @@ METRICS = (
     ("eval.b.recon_mae", "recon_mae_b"),
     ("eval.a.cycle_mae", "cycle_mae_a"),
     ("eval.b.cycle_mae", "cycle_mae_b"),
+    # the swapped photo, as an outside tool sees it (autoswap.photoscore): what the user gets
+    ("eval.a.photo_id_transfer", "photo_id_transfer_a"),
+    ("eval.b.photo_id_transfer", "photo_id_transfer_b"),
+    ("eval.a.photo_found_ratio", "photo_found_ratio_a"),
+    ("eval.b.photo_found_ratio", "photo_found_ratio_b"),
+    ("eval.a.photo_sharpness_kept", "photo_sharpness_a"),
+    ("eval.b.photo_sharpness_kept", "photo_sharpness_b"),
 )
 # the bar chart: the first of these that some run has (swap_mae needs ground truth: synthetic data)
 BAR_METRICS = ("swap_mae", "cycle_mae", "recon_mae")
