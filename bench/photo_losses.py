@@ -36,10 +36,12 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
     "committed": {},
     "colour none": {"color": "none"},
+    "colour histogram": {"color": "histogram"},
     "mask wide": {"mask_erode": 0.0, "mask_feather": 0.02},
     "colour none + mask wide": {"color": "none", "mask_erode": 0.0, "mask_feather": 0.02},
     "sharpen 0.5": {"sharpen": 0.5},
     "sharpen 1.0": {"sharpen": 1.0},
+    "mask wide + sharpen 0.5": {"mask_erode": 0.0, "mask_feather": 0.02, "sharpen": 0.5},
     "mask wide + sharpen 1.0": {"mask_erode": 0.0, "mask_feather": 0.02, "sharpen": 1.0},
     "resample only": {"_network": "identity"},
     "reconstruction": {"_network": "own decoder"},
