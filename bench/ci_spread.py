@@ -21,6 +21,8 @@ changed:
     python bench/ci_spread.py --tolerances     # .ci/tolerances.json from bench/results/ci_spread/
 
 Writes bench/results/ci_spread/<variant>.json (eval and train metrics, the ISA, the wall time).
+xeon-amx-cdb1512.json is another machine's run kept by hand: the metrics committed at cdb1512 by a
+2-core Xeon with AMX (same recipe and training code; crop scores only, "partial").
 A variant already trained in --work is only evaluated again. About 4 to 6 minutes a variant on
 2 cores (AMD EPYC, AVX512-BF16, no AMX).
 """
@@ -213,7 +215,7 @@ def tolerances(results: Path = OUT, extra: dict | None = None) -> dict:
 def table(results: Path = OUT, committed: Path = ROOT / "metrics") -> str:
     """docs/METRICS_SPREAD.md's table: every key, its value in each run, spread and tolerance."""
     recs = {json.loads(f.read_text())["variant"]: json.loads(f.read_text()) for f in sorted(results.glob("*.json"))}
-    order = [n for n in VARIANTS if n in recs]
+    order = [n for n in VARIANTS if n in recs] + sorted(set(recs) - set(VARIANTS))
     tol = json.loads((ROOT / ".ci" / "tolerances.json").read_text())["keys"]
     ev = json.loads((committed / "eval.json").read_text())
     head = "| key | committed | " + " | ".join(order) + " | spread | tolerance |"
