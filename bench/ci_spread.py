@@ -41,6 +41,11 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / ".ci"))
+from check_metrics import flat  # noqa: E402  (the check's own flattening: the same keys)
+
+from autoswap.tracking import cpu_model  # noqa: E402
+
 OUT = ROOT / "bench" / "results" / "ci_spread"
 
 # variant -> (environment, params overrides (dotted key -> value), code patch or None)
@@ -149,7 +154,7 @@ def run_variant(name: str, work: Path, faces: Path | None, evaluate_only: bool) 
         "overrides": overrides,
         "patch": patch,
         "seconds": times,
-        "cpu": _cpu(),
+        "cpu": cpu_model(),
         "eval": json.loads((d / "metrics/eval.json").read_text()),
         "train": json.loads((d / "metrics/train.json").read_text()),
     }
@@ -157,16 +162,6 @@ def run_variant(name: str, work: Path, faces: Path | None, evaluate_only: bool) 
     (OUT / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"== {name}: {times}", flush=True)
     return result
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 # Tolerance = SAFETY x the widest spread measured (the largest difference between any two runs that
@@ -179,16 +174,6 @@ SHARE_LIMIT = 0.25
 SHARES = ("id_transfer", "photo_found", "photo_input_found", "photo_found_ratio")
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def tolerances(results: Path = OUT, extra: dict | None = None) -> dict:
     """Per metric key: the runs' spread and the tolerance from it (see SAFETY)."""
     runs = {}
@@ -196,8 +181,8 @@ def tolerances(results: Path = OUT, extra: dict | None = None) -> dict:
         r = json.loads(f.read_text())
         if r.get("patch"):
             continue  # a deliberate regression: what the check must catch, not tolerate
-        runs[r["variant"]] = {**{f"metrics/eval.json:{k}": v for k, v in _flat(r["eval"]).items()},
-                              **{f"metrics/train.json:{k}": v for k, v in _flat(r["train"]).items()}}
+        runs[r["variant"]] = {**{f"metrics/eval.json:{k}": v for k, v in flat(r["eval"]).items()},
+                              **{f"metrics/train.json:{k}": v for k, v in flat(r["train"]).items()}}
     runs.update(extra or {})
     keys = sorted(set().union(*runs.values()))
     out = {}
