@@ -514,11 +514,19 @@ def test_video_output_must_be_mp4_or_mov(params, hopper, tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- the DVC stage (autoswap.demo)
 def test_demo_stage_swaps_verifies_and_logs(settings, model_dir, env, tmp_path):
+    from autoswap.config import SyntheticSettings
+    from autoswap.synthetic import generate
+
+    # the showcase's frames: a few rendered validation faces at the tiny model's face size
+    generate(SyntheticSettings(train_per_person=2, val_per_person=2), 64, 0, tmp_path / "faces")
     s = settings.model_copy(update={"swap": settings.swap.model_copy(update={"demo": settings.swap.demo.model_copy(
-        update={"input_dir": tmp_path / "demo", "out_dir": tmp_path / "swaps", "frames": 8})})})
+        update={"input_dir": tmp_path / "demo", "out_dir": tmp_path / "swaps", "frames": 8})}),
+        "data": settings.data.model_copy(update={"faces_dir": tmp_path / "faces"})})
     r = demo_stage(s, progress=False)
     files = sorted(p.name for p in (tmp_path / "swaps").iterdir())
-    assert files == [".autoswap-output", "demo.json", "grace_hopper.jpg", "grace_hopper_clip.mp4", "verify.json"]
+    assert files == [".autoswap-output", "demo.json", "grace_hopper.jpg", "grace_hopper_clip.mp4", "showcase.png",
+                     "verify.json"]
+    assert r["files"][0]["output"].endswith("showcase.png") and r["files"][0]["faces"] == 4  # 2 a person
     for name, check in r["verify"].items():
         assert check["watermark"]["found"] and check["c2pa"]["found"] and check["metadata"]["found"], name
     # the default crf 18: the video's ID read from its frames together
