@@ -94,6 +94,27 @@ def setup(photos: Path, work: Path, sets: list[str]) -> Path:
     return proj
 
 
+def own_sharpness(folder: Path) -> float:
+    """The median var(Laplacian) of a person's own photos in `folder`, in the largest detected
+    face box resized to photoscore.FEATURE_PX, as photo_sharpness_kept measures it. The ratio of
+    the target's to the source's is what a perfect swap would keep: some faces are smoother than
+    others (a context for photo_sharpness_kept, not a goal)."""
+    from autoswap.images import load_rgb
+    from autoswap.photoscore import _detector, sharpness
+
+    values = []
+    for f in sorted(p for p in folder.iterdir() if p.suffix.lower() in EXTS):
+        try:
+            rgb = load_rgb(f)
+        except Exception:  # noqa: BLE001 - what prepare would drop is not a face to measure
+            continue
+        found = _detector()(np.ascontiguousarray(rgb[..., :3]), 1 if min(rgb.shape[:2]) < 400 else 0)
+        if found:
+            r = max(found, key=lambda r: r.area())
+            values.append(sharpness(rgb, (r.left(), r.top(), r.right(), r.bottom())))
+    return float(np.median(values)) if values else float("nan")
+
+
 def score(proj: Path, work: Path) -> dict:
     """The held-out photos' swaps, scored as an outside tool sees them."""
     os.chdir(proj)
@@ -110,6 +131,7 @@ def score(proj: Path, work: Path) -> dict:
     train = {s: load_faces(settings.data.faces_dir / s / "train", settings.data.face_size)[0] for s in "ab"}
     centroids = identity_centroids(spec, train, max(settings.evaluate.identity_faces, 64))
     out = {}
+    own = {s: own_sharpness(proj / "data" / "raw" / s) for s in "ab"}
     for x, y in (("a", "b"), ("b", "a")):
         pairs, missing = [], 0
         for f in sorted((work / "held" / x).iterdir()):
@@ -125,6 +147,7 @@ def score(proj: Path, work: Path) -> dict:
         m = score_pairs(pairs, centroids[y], centroids[x])
         m["held_out"] = len(list((work / "held" / x).iterdir()))
         m["no_face_to_swap"] = missing
+        m["target_over_source_sharpness"] = own[y] / own[x]  # what a perfect swap would keep
         out[f"{x}_to_{y}"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}
         sheet([(f"held-out {x.upper()} (left) swapped to {y.upper()} (right)", pairs[:24])], work / f"sheet_{x}_to_{y}.png")
     return out
