@@ -11,7 +11,8 @@ changing one step at a time, and each variant is scored on the photos as evaluat
 - sharpen 0.5 / 1.0: faceswap's convert sharpen (an unsharp mask at the frame's scale);
 - resample only: the network replaced by "output = input" (the model's own 64 px view of the
   original, pasted back): what the crop, resize and paste round trip alone costs, with a
-  perfect network;
+  perfect network; with sharpen 0 / 0.5 / 0.75 / 1.0: the sharpen that gives that loss back
+  and no more (a perfect network's paste at about 1.0 of the original);
 - reconstruction: the face through its own decoder (X -> X): what the network's blur costs,
   with no identity change.
 
@@ -44,6 +45,12 @@ VARIANTS = {
     "mask wide + sharpen 0.5": {"mask_erode": 0.0, "mask_feather": 0.02, "sharpen": 0.5},
     "mask wide + sharpen 1.0": {"mask_erode": 0.0, "mask_feather": 0.02, "sharpen": 1.0},
     "resample only": {"_network": "identity"},
+    # the sharpen that gives back what the round trip loses, and no more: a perfect network's
+    # paste sharpened to about 1.0 of the original (past 1.0 is halos, not detail)
+    "resample only, sharpen 0": {"_network": "identity", "sharpen": 0.0},
+    "resample only, sharpen 0.5": {"_network": "identity", "sharpen": 0.5},
+    "resample only, sharpen 0.75": {"_network": "identity", "sharpen": 0.75},
+    "resample only, sharpen 1.0": {"_network": "identity", "sharpen": 1.0},
     "reconstruction": {"_network": "own decoder"},
 }
 

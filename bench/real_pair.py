@@ -166,7 +166,10 @@ def main() -> int:
     args = p.parse_args()
     work = args.work.resolve()
     proj = work / "project"
-    env = {**os.environ, "PYTHONPATH": str(proj / "src")}
+    # dvc runs each stage's `autoswap ...` through the shell: this interpreter's bin first, so an
+    # unactivated venv's python runs the bench as an activated one would
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "PYTHONPATH": str(proj / "src"), "PATH": path}
     env.pop("DVC_ROOT", None)
     log = work / "log.txt"
     times = {}
