@@ -26,21 +26,18 @@ def main() -> int:
     out = args.out.resolve()
     os.chdir(args.project)
     sys.path.insert(0, str(Path("src").resolve()))
-    from autoswap import __version__
     from autoswap import model as M
     from autoswap.config import load
-    from autoswap.train import build_trainer
+    from autoswap.train import build_trainer, final_card
 
     settings = load("params.yaml")
     trainer = build_trainer(settings)
-    card = {"model": settings.model.model_dump(mode="json"), "face_size": settings.data.face_size,
-            "crop": settings.train.crop, "seed": settings.seed, "autoswap_version": __version__}
     for n in args.steps:
         ckpt = Path("models/checkpoints") / f"ckpt-{n}"
         if not Path(f"{ckpt}.index").is_file():
             raise SystemExit(f"{ckpt}: no such checkpoint (train.keep_last keeps the newest only)")
         trainer.checkpoint().restore(str(ckpt)).expect_partial()
-        M.save_final(out / f"m{n}", trainer.nets, {**card, "steps": n})
+        M.save_final(out / f"m{n}", trainer.nets, final_card(settings, n))
         print(f"{ckpt} -> {out / f'm{n}'}", flush=True)
     return 0
 

@@ -100,7 +100,7 @@ def own_sharpness(folder: Path) -> float:
     the target's to the source's is what a perfect swap would keep: some faces are smoother than
     others (a context for photo_sharpness_kept, not a goal)."""
     from autoswap.images import load_rgb
-    from autoswap.photoscore import _detector, sharpness
+    from autoswap.photoscore import detect, sharpness
 
     values = []
     for f in sorted(p for p in folder.iterdir() if p.suffix.lower() in EXTS):
@@ -108,7 +108,7 @@ def own_sharpness(folder: Path) -> float:
             rgb = load_rgb(f)
         except Exception:  # noqa: BLE001 - what prepare would drop is not a face to measure
             continue
-        found = _detector()(np.ascontiguousarray(rgb[..., :3]), 1 if min(rgb.shape[:2]) < 400 else 0)
+        found = detect(rgb)
         if found:
             r = max(found, key=lambda r: r.area())
             values.append(sharpness(rgb, (r.left(), r.top(), r.right(), r.bottom())))
@@ -164,6 +164,8 @@ def main() -> int:
                    "dvc repro (only the stages that read it rerun), swap and score again")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "real_pair.json")
     args = p.parse_args()
+    from autoswap.tracking import cpu_model
+
     work = args.work.resolve()
     proj = work / "project"
     # dvc runs each stage's `autoswap ...` through the shell: this interpreter's bin first, so an
@@ -199,8 +201,7 @@ def main() -> int:
         "hold_out": f"every {HOLD_EVERY}th photo by name",
         "set": args.set,
         "seconds": times,
-        "cpu": next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                     if ln.startswith("model name")), "?"),
+        "cpu": cpu_model(),
         "own_data": yaml.safe_load((proj / "params.yaml").read_text()).get("own_data"),
         "swap": yaml.safe_load((proj / "params.yaml").read_text()).get("swap"),
         "train": json.loads((proj / "metrics/train.json").read_text()),

@@ -64,16 +64,22 @@ def known_box(landmarks: np.ndarray) -> tuple[float, float, float, float]:
     return (c[0] - half, c[1] - 0.8 * half, c[0] + half, c[1] + 1.2 * half)
 
 
+def detect(rgb: np.ndarray) -> list:
+    """dlib's detections (rectangles) in `rgb`. Small photos are upsampled once, as dlib's examples
+    do for faces < 80 px."""
+    rgb = np.ascontiguousarray(rgb[..., :3])
+    return list(_detector()(rgb, 1 if min(rgb.shape[:2]) < 400 else 0))
+
+
 def find_face(rgb: np.ndarray, box) -> tuple[tuple, np.ndarray] | None:
     """The dlib detection overlapping `box` most (IoU >= MIN_IOU): (its box, its 5 landmarks
-    (5, 2)), or None. Small photos are upsampled once, as dlib's examples do for faces < 80 px."""
+    (5, 2)), or None."""
 
     from autoswap.identity import _models
 
     rgb = np.ascontiguousarray(rgb[..., :3])
-    upsample = 1 if min(rgb.shape[:2]) < 400 else 0
     best, best_iou = None, MIN_IOU
-    for r in _detector()(rgb, upsample):
+    for r in detect(rgb):
         b = (r.left(), r.top(), r.right(), r.bottom())
         iou = _iou(b, box)
         if iou >= best_iou:

@@ -822,6 +822,18 @@ def run_loop(t, trainer, spec, ckpts, r: Resume, train_step, steps_from, log_pre
     return history
 
 
+def final_card(settings: Settings, steps: int) -> dict:
+    """models/final/model.json for `steps` trained with `settings` (model.ModelCard's fields)."""
+    return {
+        "autoswap_version": __version__,
+        "model": settings.model.model_dump(mode="json"),
+        "face_size": settings.data.face_size,
+        "crop": settings.train.crop,
+        "steps": steps,
+        "seed": settings.seed,
+    }
+
+
 def write_final(settings: Settings, trainer: Trainer, end: int, history, run_id: str, dirs) -> dict:
     """models/final, models/run.json, metrics/train.json and plots/loss.csv, also in MLflow."""
     import mlflow
@@ -832,14 +844,7 @@ def write_final(settings: Settings, trainer: Trainer, end: int, history, run_id:
 
     models_dir, metrics_dir, plots_dir = dirs
     final_dir = models_dir / "final"
-    meta = {
-        "autoswap_version": __version__,
-        "model": settings.model.model_dump(mode="json"),
-        "face_size": settings.data.face_size,
-        "crop": settings.train.crop,
-        "steps": end,
-        "seed": settings.seed,
-    }
+    meta = final_card(settings, end)
     # the run id stays out of models/final (a DVC output: same training, same bytes, same hash);
     # models/run.json, beside it and not tracked, ties these files to the run (tracking.model_run)
     M.save_final(final_dir, trainer.nets, meta)
